@@ -1,0 +1,89 @@
+"""Structure and length rewards: ``format`` (R1 reasoning/answer tags) and ``length_penalty``.
+
+``format`` scores 1.0 when a completion is exactly one reasoning block followed by a non-empty
+answer: ``<think>...</think>`` then the answer, or, with ``answer_tag="answer"``,
+``<think>...</think>`` then ``<answer>...</answer>`` and nothing after it. Tag names are
+configurable; ``require_start=False`` accepts completions whose prompt already opened the
+reasoning tag (chat templates that end with ``<think>``). Anything else scores 0.0.
+
+``length_penalty`` penalises over-long completions. With ``mode="soft"`` (DAPO's overlong
+reward shaping) a completion of length L gets 0 up to ``max_length - cache_length``, then
+falls linearly to -1 at ``max_length``, and -1 beyond; with ``mode="hard"`` it is 0 up to
+``max_length`` and -1 beyond. A truncated completion (column ``truncated`` true, i.e. the
+sampler hit its token limit) scores ``truncated_score`` (default -1). Length is the column
+``completion_length`` (token counts from the rollout) when present, else characters.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from rewards import register
+
+
+@register("format")
+def format_reward(
+    prompts: list[str],
+    completions: list[str],
+    *,
+    think_tag: str = "think",
+    answer_tag: str | None = None,
+    require_start: bool = True,
+    **_: Any,
+) -> list[float]:
+    """1.0 for ``<think>reasoning</think>answer`` (or with ``<answer>`` tags), else 0.0."""
+    pattern = _pattern(think_tag, answer_tag, require_start)
+    return [1.0 if pattern.fullmatch(c.strip()) else 0.0 for c in completions]
+
+
+@lru_cache(maxsize=64)
+def _pattern(think_tag: str, answer_tag: str | None, require_start: bool) -> re.Pattern[str]:
+    open_t, close_t = re.escape(f"<{think_tag}>"), re.escape(f"</{think_tag}>")
+    start = open_t if require_start else f"(?:{open_t})?"
+    no_tags = rf"(?:(?!{open_t}|{close_t}).)"
+    think = rf"{start}{no_tags}*?\S{no_tags}*?{close_t}"
+    if answer_tag is None:
+        return re.compile(rf"{think}\s*(?:(?!{open_t}|{close_t}).)*\S(?:(?!{open_t}|{close_t}).)*", re.S)
+    a_open, a_close = re.escape(f"<{answer_tag}>"), re.escape(f"</{answer_tag}>")
+    answer = rf"{a_open}(?:(?!{a_open}|{a_close}).)*?\S(?:(?!{a_open}|{a_close}).)*?{a_close}"
+    return re.compile(rf"{think}\s*{answer}", re.S)
+
+
+@register("length_penalty")
+def length_penalty(
+    prompts: list[str],
+    completions: list[str],
+    *,
+    max_length: int,
+    cache_length: int = 0,
+    mode: str = "soft",
+    truncated_score: float | None = -1.0,
+    completion_length: list[int] | None = None,
+    truncated: list[bool] | None = None,
+    **_: Any,
+) -> list[float]:
+    """0 for short enough completions, down to -1 for over-long ones (see the module doc)."""
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"length_penalty: mode must be 'soft' or 'hard', got {mode!r}")
+    if not 0 <= cache_length < max_length:
+        raise ValueError(f"length_penalty: need 0 <= cache_length < max_length, got {cache_length}, {max_length}")
+    lengths = completion_length if completion_length is not None else [len(c) for c in completions]
+    flags = truncated if truncated is not None else [False] * len(completions)
+    scores = []
+    for length, was_truncated in zip(lengths, flags):
+        if was_truncated and truncated_score is not None:
+            scores.append(float(truncated_score))
+        else:
+            scores.append(_overlong(int(length), max_length, cache_length if mode == "soft" else 0))
+    return scores
+
+
+def _overlong(length: int, max_length: int, cache_length: int) -> float:
+    limit = max_length - cache_length
+    if length <= limit:
+        return 0.0
+    if length > max_length:
+        return -1.0
+    return (limit - length) / cache_length
