@@ -171,6 +171,11 @@ class RewardFn:
         raw = _run_maybe_async(fn, prompts, completions, **extra)
         return self._validate(raw, len(completions))
 
+    def build(self) -> RewardFn:
+        """Construct a stateful reward now (e.g. load its model) instead of on the first call."""
+        self._callable()
+        return self
+
     def _callable(self) -> tuple[Callable[..., Any], dict[str, Any]]:
         if not self.stateful:
             return self.target, self.kwargs

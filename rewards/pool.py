@@ -1,0 +1,213 @@
+"""A process pool that runs reward functions one sample at a time, with a hard per-sample timeout.
+
+Why not ``signal.alarm`` or threads: an alarm only fires on a process's main thread (inside a
+Ray actor or a thread pool it silently never fires, or raises), and a thread cannot be
+stopped. Here every worker is a separate Python process (``python -m rewards.pool``, its own
+process group) talking over a pipe; a sample that runs past its deadline gets its worker's
+whole process group SIGKILLed and a fresh worker started, and is reported as a timeout. A
+worker that dies (segfault, out of memory) is replaced and its sample reported as an error.
+
+Functions are named as in :func:`rewards.get` (registered name, ``module:function``,
+``/abs/path/file.py:function``) and resolved inside each worker, so the pool works the same
+from a plain script, a test, or a Ray actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A reward function as the pool workers build it: ``rewards.get(name, **kwargs)``."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Score one sample with function ``function`` (an index into the pool's specs)."""
+
+    function: int
+    prompt: str
+    completion: str
+    columns: dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    """``status`` is ``ok``, ``error`` (raised or worker died), ``invalid`` (bad output) or ``timeout``."""
+
+    status: str
+    score: float | None = None
+    error: str | None = None
+
+
+class _Worker:
+    def __init__(self, specs: list[FunctionSpec]) -> None:
+        parent_read, child_write = os.pipe()
+        child_read, parent_write = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rewards.pool", str(child_read), str(child_write)],
+            pass_fds=(child_read, child_write), start_new_session=True,
+        )
+        os.close(child_read)
+        os.close(child_write)
+        self.reader = Connection(parent_read, writable=False)
+        self.writer = Connection(parent_write, readable=False)
+        self.writer.send(specs)
+        self.ready = False  # set when the worker has imported and resolved every function
+        self.task: int | None = None
+        self.deadline = time.monotonic() + START_TIMEOUT_S
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.reader.close()
+        self.writer.close()
+
+
+class SamplePool:
+    """``num_workers`` processes scoring samples; :meth:`run` returns one Outcome per task."""
+
+    def __init__(self, specs: list[FunctionSpec], num_workers: int = 2) -> None:
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.specs = list(specs)
+        self.workers = [_Worker(self.specs) for _ in range(num_workers)]
+        self.restarts = 0
+
+    def run(self, tasks: list[Task], timeout_s: float) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(tasks)
+        queue = deque(range(len(tasks)))
+        while queue or any(w.task is not None for w in self.workers):
+            for worker in self.workers:
+                if worker.ready and worker.task is None and queue:
+                    self._send(worker, queue.popleft(), tasks, timeout_s, outcomes)
+            waiting = [w for w in self.workers if w.task is not None or not w.ready]
+            wait_s = max(0.0, min(w.deadline for w in waiting) - time.monotonic())
+            ready = wait([w.reader for w in waiting], timeout=wait_s)
+            for worker in waiting:
+                if worker.reader in ready:
+                    self._receive(worker, outcomes)
+                elif time.monotonic() >= worker.deadline:
+                    self._expire(worker, outcomes, timeout_s)
+        return outcomes  # type: ignore[return-value]
+
+    def _expire(self, worker: _Worker, outcomes: list[Outcome | None], timeout_s: float) -> None:
+        if worker.task is None:
+            raise RuntimeError(f"a reward worker did not start within {START_TIMEOUT_S:g} s")
+        outcomes[worker.task] = Outcome("timeout", error=f"timed out after {timeout_s:g} s")
+        self._replace(worker)
+
+    def _send(self, worker: _Worker, index: int, tasks: list[Task], timeout_s: float,
+              outcomes: list[Outcome | None]) -> None:
+        try:
+            worker.writer.send((index, tasks[index]))
+        except (BrokenPipeError, OSError):
+            outcomes[index] = Outcome("error", error="reward worker process died before the sample")
+            self._replace(worker)
+            return
+        worker.task, worker.deadline = index, time.monotonic() + timeout_s
+
+    def _receive(self, worker: _Worker, outcomes: list[Outcome | None]) -> None:
+        try:
+            message = worker.reader.recv()
+        except (EOFError, OSError):
+            if worker.task is None:
+                raise RuntimeError(f"a reward worker exited at start (code {worker.proc.wait()})") from None
+            code = worker.proc.wait()
+            outcomes[worker.task] = Outcome("error", error=f"reward worker process died (exit code {code})")
+            self._replace(worker)
+            return
+        if message == "ready":
+            worker.ready = True
+            return
+        index, outcome = message
+        outcomes[index] = outcome
+        worker.task = None
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self.restarts += 1
+        fresh = _Worker(self.specs)
+        self.workers[self.workers.index(worker)] = fresh
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        self.workers = []
+
+    def __enter__(self) -> SamplePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _score_one(fn: Any, task: Task) -> Outcome:
+    from rewards import RewardOutputError
+
+    if isinstance(fn, str):  # the function could not be built: report its traceback
+        return Outcome("error", error=fn)
+    try:
+        columns = {key: [value] for key, value in task.columns.items()}
+        score = fn([task.prompt], [task.completion], **columns)[0]
+    except RewardOutputError as exc:
+        return Outcome("invalid", error=str(exc))
+    except BaseException:  # noqa: BLE001 - a reward may raise anything, even SystemExit
+        return Outcome("error", error=traceback.format_exc())
+    return Outcome("ok", score=score)
+
+
+def _build(spec: FunctionSpec) -> Any:
+    """The callable for a spec, warmed up (heavy imports done), or the traceback as a string."""
+    import rewards
+
+    try:
+        fn = rewards.get(spec.name, **spec.kwargs)
+        warmup = getattr(fn.target, "warmup", None)
+        if callable(warmup):
+            warmup()
+        return fn
+    except BaseException:  # noqa: BLE001
+        return traceback.format_exc()
+
+
+def worker_main(read_fd: int, write_fd: int) -> None:
+    """Body of a pool worker process: build the functions, then score samples until EOF."""
+    reader, writer = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    specs: list[FunctionSpec] = reader.recv()
+    fns = [_build(spec) for spec in specs]
+    writer.send("ready")
+    while True:
+        try:
+            index, task = reader.recv()
+        except EOFError:
+            return
+        writer.send((index, _score_one(fns[task.function], task)))
+
+
+if __name__ == "__main__":
+    from rewards.pool import worker_main as _main  # classes must pickle as rewards.pool.*
+
+    logging.basicConfig(level=logging.WARNING)
+    _main(int(sys.argv[1]), int(sys.argv[2]))
