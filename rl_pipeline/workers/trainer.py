@@ -1,0 +1,278 @@
+"""The policy trainer: one Ray actor per data-parallel rank, each holding a DeepSpeed engine.
+
+Backends: gloo + fp32 on CPU, NCCL + bf16 on CUDA; ZeRO stage 0-3 from the recipe. The driver
+sends each rank its micro-batches as token-id lists together with the global normaliser (the
+target-token count of the whole global batch), so losses are global token means whatever the
+rank count or accumulation (see algorithms/sft.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rl_pipeline.config import ModelConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerSpec:
+    """Everything a rank needs; the actor never reads the recipe file itself."""
+
+    model: ModelConfig
+    trainer: TrainerConfig
+    total_steps: int
+    seed: int = 0
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def collate(samples: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch. Samples hold input_ids, loss_mask and optional position_ids.
+
+    No attention mask is passed to the model: with right padding a causal model never lets a
+    real token attend to a pad, and position ids that restart mark packed samples, from which
+    transformers builds a block-diagonal mask. Pads get their own position run and no loss.
+    """
+    width = max(len(s["input_ids"]) for s in samples)
+    ids, mask, pos = [], [], []
+    for s in samples:
+        n = len(s["input_ids"])
+        ids.append(list(s["input_ids"]) + [pad_id] * (width - n))
+        mask.append(list(s["loss_mask"]) + [0] * (width - n))
+        positions = list(s.get("position_ids") or range(n))
+        pos.append(positions + list(range(width - n)))
+    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long, device=device)  # noqa: E731
+    return {"input_ids": as_tensor(ids), "loss_mask": as_tensor(mask), "position_ids": as_tensor(pos)}
+
+
+def deepspeed_config(cfg: TrainerConfig, device: str, world_size: int) -> dict:
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda")
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum_steps * world_size,
+        "gradient_clipping": cfg.grad_clip or 0.0,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.lr,
+                "betas": list(cfg.betas),
+                "eps": cfg.eps,
+                "weight_decay": cfg.weight_decay,
+                # DeepSpeed's fused Adam kernels are CUDA-only.
+                "torch_adam": device == "cpu",
+            },
+        },
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class TrainerWorker:
+    """One data-parallel rank. Created by TrainerGroup; call `setup` on all ranks together."""
+
+    def __init__(self, rank: int, world_size: int, spec: TrainerSpec) -> None:
+        self.rank, self.world_size, self.spec = rank, world_size, spec
+        self.device = pick_device(spec.trainer.device)
+        self.engine = None
+
+    def node_address(self) -> tuple[str, int]:
+        from rl_pipeline.workers.group import node_address
+
+        return node_address()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        """Join the process group and build the DeepSpeed engine; returns the parameter count."""
+        import deepspeed
+
+        from rl_pipeline.algorithms.schedule import lambda_for
+        from rl_pipeline.models.loading import load_causal_lm, load_tokenizer
+
+        os.environ.update(
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+        )
+        cfg, model_cfg = self.spec.trainer, self.spec.model
+        deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo")
+        seed_everything(self.spec.seed + self.rank)
+        self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, model_cfg.trust_remote_code)
+        # Master weights stay fp32; DeepSpeed's bf16 mode casts the working copy.
+        model = load_causal_lm(model_cfg.path, "float32", "cpu", model_cfg.trust_remote_code)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        schedule = lambda_for(cfg.lr, cfg.min_lr, cfg.warmup_steps, self.spec.total_steps, cfg.schedule)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=deepspeed_config(cfg, self.device, self.world_size),
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        )
+        return sum(p.numel() for p in model.parameters())
+
+    # ---- SFT -------------------------------------------------------------------------------
+    def sft_step(self, micro_batches: list[list[dict]], global_target_tokens: int) -> dict:
+        """One optimiser step over this rank's micro-batches; returns this rank's loss share."""
+        from rl_pipeline.algorithms.sft import sft_loss
+        from rl_pipeline.models.logprobs import sequence_logprobs
+
+        if len(micro_batches) != self.spec.trainer.grad_accum_steps:
+            raise ValueError(f"expected {self.spec.trainer.grad_accum_steps} micro-batches, got {len(micro_batches)}")
+        self.engine.train()
+        loss_share, tokens = 0.0, 0
+        for samples in micro_batches:
+            batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
+            logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"])
+            loss = sft_loss(logp, batch["loss_mask"], global_target_tokens)
+            # DeepSpeed averages gradients over ranks; scaling by world size makes them a sum,
+            # so the update is the gradient of the global token mean.
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            self.engine.step()  # applies the update only at the accumulation boundary
+            loss_share += loss.item()
+            tokens += int(batch["input_ids"].ne(self.tokenizer.pad_token_id).sum())
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "loss_share": loss_share,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": self.engine.get_lr()[0],
+            "tokens": tokens,
+        }
+
+    @torch.no_grad()
+    def eval_nll(self, micro_batches: list[list[dict]]) -> tuple[float, int]:
+        """(sum of target-token NLL, target tokens) over this rank's share of a validation set."""
+        from rl_pipeline.algorithms.sft import count_target_tokens, masked_nll_sum
+        from rl_pipeline.models.logprobs import sequence_logprobs
+
+        self.engine.eval()
+        total, count = 0.0, 0
+        for samples in micro_batches:
+            batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
+            logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"])
+            total += float(masked_nll_sum(logp, batch["loss_mask"]))
+            count += count_target_tokens(batch["loss_mask"])
+        return total, count
+
+    # ---- state -----------------------------------------------------------------------------
+    def save_state(self, checkpoint_dir: str) -> None:
+        """Model, optimizer, scheduler (DeepSpeed) and this rank's RNG; all ranks call it."""
+        self.engine.save_checkpoint(checkpoint_dir, tag="deepspeed")
+        torch.save(rng_state(), Path(checkpoint_dir) / f"rng_rank{self.rank}.pt")
+
+    def load_state(self, checkpoint_dir: str) -> None:
+        path, _ = self.engine.load_checkpoint(checkpoint_dir, tag="deepspeed")
+        if path is None:
+            raise RuntimeError(f"rank {self.rank}: no DeepSpeed state in {checkpoint_dir}")
+        set_rng_state(torch.load(Path(checkpoint_dir) / f"rng_rank{self.rank}.pt", weights_only=False))
+
+    def full_state_dict(self) -> dict | None:
+        """The unsharded weights on rank 0 (None elsewhere); every rank must call it under ZeRO-3."""
+        if self.spec.trainer.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        if self.rank != 0:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
+
+    def save_hf(self, out_dir: str) -> str | None:
+        """Write the model in Hugging Face format (rank 0 writes; all ranks call under ZeRO-3)."""
+        from rl_pipeline.models.loading import save_hf_model
+
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        save_hf_model(_StateDictModel(self.engine.module, state), self.tokenizer, out_dir)
+        return out_dir
+
+
+class TrainerGroup:
+    """The driver's handle on all trainer ranks: start them, then call them together."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    @classmethod
+    def start(cls, spec: TrainerSpec, strategy: str = "PACK") -> "TrainerGroup":
+        import ray
+
+        from rl_pipeline.workers.group import ActorGroup, Resources
+
+        cfg = spec.trainer
+        n = cfg.num_ranks
+        group = ActorGroup.start(
+            "trainer", TrainerWorker, n, Resources(cpus=cfg.cpus_per_rank, gpus=cfg.gpus_per_rank),
+            strategy=strategy, init_args=[(rank, n, spec) for rank in range(n)],
+        )
+        addr, port = ray.get(group.actors[0].node_address.remote())  # rank 0 hosts the rendezvous
+        group.call_all("setup", addr, port)
+        return cls(group)
+
+    def sft_step(self, shards: list[list[list[dict]]], global_target_tokens: int) -> dict:
+        """One optimiser step; shards[r] are rank r's micro-batches. Returns global metrics."""
+        results = self.group.call_each("sft_step", [(s, global_target_tokens) for s in shards])
+        return {
+            "loss": sum(r["loss_share"] for r in results),
+            "grad_norm": results[0]["grad_norm"],
+            "lr": results[0]["lr"],
+            "tokens": sum(r["tokens"] for r in results),
+        }
+
+    def eval_loss(self, shards: list[list[list[dict]]]) -> float:
+        results = self.group.call_each("eval_nll", [(s,) for s in shards])
+        total, count = map(sum, zip(*results))
+        return total / max(count, 1)
+
+    def save_state(self, checkpoint_dir: str) -> None:
+        self.group.call_all("save_state", checkpoint_dir)
+
+    def load_state(self, checkpoint_dir: str) -> None:
+        self.group.call_all("load_state", checkpoint_dir)
+
+    def save_hf(self, out_dir: str) -> str:
+        return self.group.call_all("save_hf", out_dir)[0]
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+
+class _StateDictModel:
+    """Adapter so save_hf_model writes `state` (consolidated weights) with `module`'s config."""
+
+    def __init__(self, module, state: dict) -> None:
+        self.module, self.state = module, state
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        self.module.save_pretrained(path, state_dict=self.state, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
