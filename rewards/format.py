@@ -42,13 +42,18 @@ def format_reward(
 def _pattern(think_tag: str, answer_tag: str | None, require_start: bool) -> re.Pattern[str]:
     open_t, close_t = re.escape(f"<{think_tag}>"), re.escape(f"</{think_tag}>")
     start = open_t if require_start else f"(?:{open_t})?"
-    no_tags = rf"(?:(?!{open_t}|{close_t}).)"
-    think = rf"{start}{no_tags}*?\S{no_tags}*?{close_t}"
+    think = rf"{start}{_text(open_t, close_t)}{close_t}"
     if answer_tag is None:
-        return re.compile(rf"{think}\s*(?:(?!{open_t}|{close_t}).)*\S(?:(?!{open_t}|{close_t}).)*", re.S)
+        return re.compile(rf"{think}\s*{_text(open_t, close_t)}", re.S)
     a_open, a_close = re.escape(f"<{answer_tag}>"), re.escape(f"</{answer_tag}>")
-    answer = rf"{a_open}(?:(?!{a_open}|{a_close}).)*?\S(?:(?!{a_open}|{a_close}).)*?{a_close}"
-    return re.compile(rf"{think}\s*{answer}", re.S)
+    return re.compile(rf"{think}\s*{a_open}{_text(a_open, a_close, open_t, close_t)}{a_close}", re.S)
+
+
+def _text(*tags: str) -> str:
+    """Regex: text with at least one non-space character and none of ``tags``. Unambiguous
+    (spaces, the first non-space, the rest), so a long non-matching completion costs linear time."""
+    guard = "(?!" + "|".join(tags) + ")"
+    return rf"\s*{guard}\S(?:{guard}.)*"
 
 
 @register("length_penalty")
