@@ -54,6 +54,7 @@ def verify_answer(
     """Score one completion against one reference answer (1.0 / 0.0)."""
     from math_verify import verify
 
+    _quiet_math_verify()
     gold_parsed = parse_gold(gold)
     if not gold_parsed:
         logger.warning("math reward: cannot parse the ground truth %r; scoring 0", gold)
@@ -94,14 +95,17 @@ def _gsm8k_tail(text: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
-def _warmup() -> None:
-    """Import math-verify and sympy's parsers now, not inside the first sample's timeout."""
+def _quiet_math_verify() -> None:
+    """math-verify warns once that its timeouts are off; they are off on purpose (module doc)."""
     import math_verify.grader
     import math_verify.parser
 
-    # Its timeouts are off on purpose (see the module doc); skip its warning saying so.
     math_verify.parser.TIMEOUT_WARNING_SHOWN = True
     math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+
+
+def _warmup() -> None:
+    """Import math-verify and sympy's parsers now, not inside the first sample's timeout."""
     verify_answer("\\frac{1}{2}", "\\boxed{0.5}")
 
 

@@ -1,0 +1,154 @@
+"""Benchmark the rule-based rewards: math verifications/s and code executions/s at batch 1024.
+
+Each workload runs through the reward scorer's worker pool (the path the reward service uses;
+no Ray needed for the measurement) and, for reference, as one in-process batch call. The
+timeout path is exercised on purpose: a few math samples hang (an injected user reward that
+sleeps) and must be cut at ``--timeout`` by killing their worker; a few programs loop forever and
+must be stopped by the sandbox's CPU limit. Prints a table; run:
+
+    .venv/bin/python bench/rewards.py [--batch 1024] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and this file, named rewards.py,
+# would shadow the `rewards` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import rewards  # noqa: E402
+from rl_pipeline.config import RewardsConfig  # noqa: E402
+from rl_pipeline.workers.reward import RewardScorer  # noqa: E402
+
+MATH_FORMS = [  # (ground truth, right answer, wrong answer)
+    ("42", r"The answer is $\boxed{42}$.", r"The answer is $\boxed{24}$."),
+    (r"\frac{1}{2}", r"\boxed{0.5}", r"\boxed{\frac{1}{3}}"),
+    (r"50\%", r"\boxed{0.5}", r"\boxed{5\%}"),
+    ("1000", r"\boxed{1,000}", r"\boxed{1,001}"),
+    (r"\{1, 2, 3\}", r"\boxed{\{3, 2, 1\}}", r"\boxed{\{1, 2\}}"),
+    ("(0, 1]", r"\boxed{(0, 1]}", r"\boxed{[0, 1]}"),
+    ("x^2+2x+1", r"\boxed{(x+1)^2}", r"\boxed{(x-1)^2}"),
+    ("#### 72", "48 + 24 = 72\n#### 72", "48 + 24 = 73\n#### 73"),
+]
+HANGING_MATH = '''
+import time
+import rewards
+
+def math_or_hang(prompts, completions, **columns):
+    if "HANG" in completions[0]:
+        time.sleep(3600)  # injected: a verification that never returns
+    return rewards.get("math")(prompts, completions, **columns)
+'''
+ADD_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)"
+WRONG_PROGRAM = "a, b = map(int, input().split())\nprint(a - b)"
+LOOP_PROGRAM = "while True:\n    pass"
+
+
+@dataclass
+class Row:
+    workload: str
+    path: str
+    batch: int
+    injected: int
+    wall_s: float
+    timeouts: int
+    mean: float
+
+    def line(self) -> str:
+        rate = self.batch / self.wall_s
+        return (f"| {self.workload:<24} | {self.path:<22} | {self.batch:>5} | {self.injected:>8} | "
+                f"{self.wall_s:>7.2f} | {rate:>8.1f} | {self.timeouts:>8} | {self.mean:>6.3f} |")
+
+
+def math_batch(n: int, hangs: int, rng: random.Random) -> tuple[list[str], list[str]]:
+    completions, truths = [], []
+    for i in range(n):
+        gold, right, wrong = MATH_FORMS[i % len(MATH_FORMS)]
+        completions.append(right if rng.random() < 0.5 else wrong)
+        truths.append(gold)
+    for i in rng.sample(range(n), hangs):
+        completions[i] = "HANG " + completions[i]
+    return completions, truths
+
+
+def code_batch(n: int, loops: int, rng: random.Random) -> tuple[list[str], list[list[dict]]]:
+    completions, tests = [], []
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        program = ADD_PROGRAM if rng.random() < 0.5 else WRONG_PROGRAM
+        completions.append(f"```python\n{program}\n```")
+        tests.append([{"input": f"{a} {b}\n", "output": str(a + b)}])
+    for i in rng.sample(range(n), loops):
+        completions[i] = f"```python\n{LOOP_PROGRAM}\n```"
+    return completions, tests
+
+
+def run_pooled(label: str, name: str, kwargs: dict, completions: list[str], columns: dict,
+               workers: int, timeout_s: float, injected: int) -> Row:
+    cfg = RewardsConfig(functions=[{"name": name, "kwargs": kwargs}], num_workers=workers, timeout_s=timeout_s)
+    with RewardScorer(cfg) as scorer:
+        scorer.score(["q"] * workers, completions[:workers], {k: v[:workers] for k, v in columns.items()})  # warm
+        start = time.monotonic()
+        result = scorer.score(["q"] * len(completions), completions, columns)
+        wall = time.monotonic() - start
+    return Row(label, f"pool ({workers} workers)", len(completions), injected, wall,
+               int(result.metrics["reward/timeouts"]), result.metrics["reward/total/mean"])
+
+
+def run_inline(label: str, name: str, kwargs: dict, completions: list[str], columns: dict, injected: int) -> Row:
+    fn = rewards.get(name, **kwargs)
+    fn(["q"] * 2, completions[:2], **{k: v[:2] for k, v in columns.items()})  # warm: imports, caches
+    start = time.monotonic()
+    scores = fn(["q"] * len(completions), completions, **columns)
+    wall = time.monotonic() - start
+    return Row(label, "in-process batch", len(completions), injected, wall, 0, sum(scores) / len(scores))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=2.0, help="per-sample timeout of the pool")
+    parser.add_argument("--hangs", type=int, default=4, help="math samples that never return")
+    parser.add_argument("--loops", type=int, default=8, help="programs that loop forever")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)  # the injected failures would log tracebacks
+    rng = random.Random(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        hanging = Path(tmp) / "hanging_math.py"
+        hanging.write_text(HANGING_MATH)
+        completions, truths = math_batch(args.batch, 0, rng)
+        rows.append(run_inline("math", "math", {}, completions, {"ground_truth": truths}, 0))
+        rows.append(run_pooled("math", "math", {}, completions, {"ground_truth": truths},
+                               args.workers, args.timeout, 0))
+        completions, truths = math_batch(args.batch, args.hangs, rng)
+        rows.append(run_pooled("math + hanging samples", f"{hanging}:math_or_hang", {}, completions,
+                               {"ground_truth": truths}, args.workers, args.timeout, args.hangs))
+    code_kwargs = {"timeout_s": 5.0, "cpu_s": 1}
+    completions, tests = code_batch(args.batch, 0, rng)
+    rows.append(run_inline("code (1 test each)", "code", code_kwargs, completions, {"tests": tests}, 0))
+    rows.append(run_pooled("code (1 test each)", "code", code_kwargs, completions, {"tests": tests},
+                           args.workers, 10.0, 0))
+    completions, tests = code_batch(args.batch, args.loops, rng)
+    rows.append(run_pooled("code + infinite loops", "code", code_kwargs, completions, {"tests": tests},
+                           args.workers, 10.0, args.loops))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}; "
+          f"pool timeout {args.timeout:g} s (math), sandbox cpu_s=1 (code)")
+    print("| workload                 | path                   | batch | injected |  wall s |   item/s | timeouts |   mean |")
+    print("|--------------------------|------------------------|-------|----------|---------|----------|----------|--------|")
+    for row in rows:
+        print(row.line())
+
+
+if __name__ == "__main__":
+    main()
