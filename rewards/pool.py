@@ -63,7 +63,7 @@ class _Worker:
         parent_read, child_write = os.pipe()
         child_read, parent_write = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewards.pool", str(child_read), str(child_write)],
+            [sys.executable, "-m", "rewards.pool", str(child_read), str(child_write), str(os.getpid())],
             pass_fds=(child_read, child_write), start_new_session=True,
         )
         os.close(child_read)
@@ -192,8 +192,21 @@ def _build(spec: FunctionSpec) -> Any:
         return traceback.format_exc()
 
 
-def worker_main(read_fd: int, write_fd: int) -> None:
+def _die_with(parent_pid: int) -> None:
+    """SIGKILL this worker when its parent dies (Linux), so a killed service leaves no workers."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+def worker_main(read_fd: int, write_fd: int, parent_pid: int) -> None:
     """Body of a pool worker process: build the functions, then score samples until EOF."""
+    _die_with(parent_pid)
     reader, writer = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     specs: list[FunctionSpec] = reader.recv()
     fns = [_build(spec) for spec in specs]
@@ -210,4 +223,4 @@ if __name__ == "__main__":
     from rewards.pool import worker_main as _main  # classes must pickle as rewards.pool.*
 
     logging.basicConfig(level=logging.WARNING)
-    _main(int(sys.argv[1]), int(sys.argv[2]))
+    _main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -124,3 +124,56 @@ def test_reward_model_actor_matches_direct_forward(ray_local, request, model_fix
     assert result.components["reward_model"] == pytest.approx(expected, abs=1e-5)
     assert len(set(round(s, 4) for s in expected)) == len(expected)  # distinct inputs, distinct scores
     assert result.total == pytest.approx(expected, abs=1e-5)
+
+
+def test_code_sandbox_works_inside_the_service(ray_local):
+    """The sandbox runs from a pool worker of the Ray actor: a right program passes, a program
+    leaving a setsid() background child scores 0 and the child is gone."""
+    from tests.unit.test_rewards_sandbox import eventually_empty, processes_with
+
+    marker = "rlp-service-bg-child"
+    escaping = ("import os, sys\nif os.fork() == 0:\n    os.setsid()\n"
+                f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', '{marker}'])\n"
+                "print('spawned')")
+    adding = "a, b = map(int, input().split())\nprint(a + b)"
+    cfg = RewardsConfig(functions=[{"name": "code", "kwargs": {"timeout_s": 5.0}}], timeout_s=10.0)
+    service = RewardService.start(cfg)
+    try:
+        result = service.score(["q", "q"], [adding, escaping], {"tests": [[{"input": "1 2", "output": "3"}]] * 2})
+    finally:
+        service.shutdown()
+    assert result.components["code"] == [1.0, 0.0]
+    assert eventually_empty(lambda: processes_with(marker)) == []
+
+
+def test_stateful_reward_timeout_restarts_its_actor(ray_local, tmp_path):
+    """Injected fault: a stateful reward whose call sleeps when told to; its actor is killed on
+    the batch timeout, the batch counts as timeouts, and the next call gets a fresh actor."""
+    path = tmp_path / "slow_model.py"
+    path.write_text(textwrap.dedent("""
+        import time
+
+        class SlowModel:
+            def __init__(self, value: float = 0.25):
+                self.value = value
+
+            def __call__(self, prompts, completions, **_):
+                if "stall" in completions:
+                    time.sleep(60)
+                return [self.value] * len(completions)
+    """))
+    cfg = RewardsConfig(functions=[{"name": f"{path}:SlowModel", "kwargs": {"value": 0.75}}],
+                        timeout_s=1.0, failure_score=-1.0)
+    service = RewardService.start(cfg)
+    try:
+        stalled = service.score(["q", "q"], ["stall", "x"])  # budget: 1 s x 2 samples
+        assert stalled.components["SlowModel"] == [-1.0, -1.0] and stalled.metrics["reward/timeouts"] == 2.0
+        assert service.score(["q"], ["x"]).components["SlowModel"] == [0.75]
+    finally:
+        service.shutdown()
+
+
+def test_reward_model_in_process_matches_direct_forward(seq_cls_tiny):
+    cfg = RewardsConfig(functions=[{"name": "reward_model", "kwargs": {"model": str(seq_cls_tiny)}}])
+    result = score_batch(cfg, PROMPTS, COMPLETIONS)
+    assert result.components["reward_model"] == pytest.approx(direct_scores(seq_cls_tiny, PROMPTS, COMPLETIONS), abs=1e-5)
