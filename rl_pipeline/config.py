@@ -106,6 +106,25 @@ class RolloutConfig(Section):
     kv_cache_memory_bytes: int | None = Field(None, description="CPU engines: KV cache size")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     enforce_eager: bool = True
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="engine weights; auto = float32 on CPU, bfloat16 on CUDA"
+    )
+    max_model_len: int | None = Field(None, ge=8, description="prompt + completion tokens; None = the model's")
+    logprobs: Literal["raw", "processed"] = Field(
+        "raw",
+        description="raw: log p of each sampled token under the model itself (temperature 1, no top-p), "
+        "what the trainer computes; processed: under the temperature/top-p-adjusted sampling distribution",
+    )
+    cpus_per_engine: float = Field(0.25, ge=0, description="Ray CPUs reserved per engine (fractional is fine)")
+    gpus_per_engine: float | None = Field(
+        None, ge=0, description="None = tensor_parallel_size when the cluster has GPUs, else 0"
+    )
+    max_restarts: int = Field(3, ge=0, description="engine replacements per call before a generate fails")
+    engine_in_process: bool | None = Field(
+        None,
+        description="run vLLM's engine core inside the engine actor; None = yes on CPU (starts in seconds "
+        "instead of a minute, one process per engine), no on CUDA (vLLM's default subprocess)",
+    )
 
 
 class GRPOConfig(Section):

@@ -67,10 +67,12 @@ def node_address() -> tuple[str, int]:
 class ActorGroup:
     """N actors of one class, one per placement-group bundle, addressed together."""
 
-    def __init__(self, role: str, actors: list, pg) -> None:
+    def __init__(self, role: str, actors: list, pg, spawn: dict[str, Any] | None = None) -> None:
         self.role = role
         self.actors = actors
         self.placement_group = pg
+        # How start() created the actors (class, resources, options), so restart() can repeat it.
+        self._spawn = spawn
 
     @classmethod
     def start(
@@ -96,20 +98,23 @@ class ActorGroup:
                 f"placed within {ready_timeout_s:.0f}s; free resources: {ray.available_resources()}"
             ) from None
         remote_cls = ray.remote(actor_cls) if not hasattr(actor_cls, "remote") else actor_cls
-        actors = []
-        for i in range(count):
-            args = init_args[i] if init_args else ()
-            actor = remote_cls.options(
-                num_cpus=resources.cpus,
-                num_gpus=resources.gpus,
-                resources=resources.custom or None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=i
-                ),
-                **actor_options,
-            ).remote(*args)
-            actors.append(actor)
-        return cls(role, actors, pg)
+        spawn = {"remote_cls": remote_cls, "resources": resources, "options": actor_options}
+        actors = [_create_actor(spawn, pg, i, init_args[i] if init_args else ()) for i in range(count)]
+        return cls(role, actors, pg, spawn)
+
+    def restart(self, index: int, init_args: tuple = ()):
+        """Replace actor `index` (dead or alive) by a new one in the same placement-group bundle.
+
+        Returns the new actor handle; the caller re-initialises its state (weights, ...).
+        """
+        if self._spawn is None:
+            raise RuntimeError(f"{self.role}: this group was not created by ActorGroup.start; cannot restart")
+        try:
+            ray.kill(self.actors[index], no_restart=True)
+        except Exception:  # already dead: nothing to kill
+            pass
+        self.actors[index] = _create_actor(self._spawn, self.placement_group, index, init_args)
+        return self.actors[index]
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -130,3 +135,15 @@ class ActorGroup:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.placement_group)
         self.actors = []
+
+
+def _create_actor(spawn: dict[str, Any], pg, index: int, init_args: tuple):
+    """One actor of the group, pinned to bundle `index` of the placement group."""
+    resources: Resources = spawn["resources"]
+    return spawn["remote_cls"].options(
+        num_cpus=resources.cpus,
+        num_gpus=resources.gpus,
+        resources=resources.custom or None,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index),
+        **spawn["options"],
+    ).remote(*init_args)

