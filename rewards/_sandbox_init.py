@@ -180,6 +180,8 @@ def main() -> int:
             code = run_init(cfg, report, report_file)
         finally:
             os._exit(code)
+    with open(cfg["init_pid_path"], "w") as f:  # lets the caller wait for the namespace to die
+        f.write(str(pid))
     _, status = os.waitpid(pid, 0)
     return _exit_code(status)
 

@@ -156,6 +156,7 @@ def _launch_config(
         "env": env,
         "workdir": str(workdir),
         "report_path": str(private / "report.json"),
+        "init_pid_path": str(private / "init_pid"),
         "uid": NOBODY, "gid": NOBODY,
         "limits": asdict(limits),
     }
@@ -179,6 +180,7 @@ def _execute(cfg: dict, stdin: str, private: Path, limits: SandboxLimits) -> San
         finally:
             _kill_group(proc.pid)
             returncode = proc.wait()
+    _wait_namespace_gone(private / "init_pid")
     wall = time.monotonic() - start
     report = _read_report(private / "report.json")
     _warn_if_weak(report)
@@ -197,6 +199,25 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_namespace_gone(init_pid_path: Path, limit_s: float = 5.0) -> None:
+    """After a kill, wait until the namespace's init has exited: the kernel reaps every process
+    of the namespace before its init is gone, so nothing of the run is left when we return."""
+    try:
+        pid = int(init_pid_path.read_text())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.005)
+    logger.warning("sandbox: the namespace of pid %d still has processes %.0f s after the kill", pid, limit_s)
 
 
 def _read_capped(path: Path, limit: int) -> str:
