@@ -15,6 +15,10 @@ program still runs with the limits, group kill and scrubbed environment, but the
 NOT isolated, a child that calls ``setsid()`` can outlive the run, and files writable by the
 caller's user stay writable; :func:`isolation` reports this and a warning is logged once.
 
+Programs run as ``python -I -S -B``: the standard library only, no site-packages, no user
+site, no environment-driven imports. As root the interpreter must be executable by uid 65534,
+so a system Python (e.g. ``/usr/bin/python3``) is used when the caller's lives under ``/root``.
+
 Stdout/stderr go to files the program cannot see (so RLIMIT_FSIZE also caps them) and are read
 back up to ``max_output_bytes``.
 """
