@@ -47,6 +47,9 @@ def math_or_hang(prompts, completions, **columns):
     if "HANG" in completions[0]:
         time.sleep(3600)  # injected: a verification that never returns
     return rewards.get("math")(prompts, completions, **columns)
+
+
+math_or_hang.warmup = rewards.get("math").target.warmup  # import math-verify before timing starts
 '''
 ADD_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)"
 WRONG_PROGRAM = "a, b = map(int, input().split())\nprint(a - b)"
@@ -120,9 +123,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=2.0, help="per-sample timeout of the pool")
     parser.add_argument("--hangs", type=int, default=4, help="math samples that never return")
     parser.add_argument("--loops", type=int, default=8, help="programs that loop forever")
+    parser.add_argument("--workloads", default="math,code", help="comma-separated: math, code")
     args = parser.parse_args(argv)
+    workloads = set(args.workloads.split(","))
     logging.basicConfig(level=logging.CRITICAL)  # the injected failures would log tracebacks
     rng = random.Random(0)
+    rows: list[Row] = []
+    if "math" in workloads:
+        rows += bench_math(args, rng)
+    if "code" in workloads:
+        rows += bench_code(args, rng)
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}; "
+          f"pool timeout {args.timeout:g} s (math), sandbox cpu_s=1 (code)")
+    print("| workload                 | path                   | batch | injected |  wall s |   item/s | timeouts |   mean |")
+    print("|--------------------------|------------------------|-------|----------|---------|----------|----------|--------|")
+    for row in rows:
+        print(row.line())
+
+
+def bench_math(args: argparse.Namespace, rng: random.Random) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hanging = Path(tmp) / "hanging_math.py"
@@ -134,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         completions, truths = math_batch(args.batch, args.hangs, rng)
         rows.append(run_pooled("math + hanging samples", f"{hanging}:math_or_hang", {}, completions,
                                {"ground_truth": truths}, args.workers, args.timeout, args.hangs))
+    return rows
+
+
+def bench_code(args: argparse.Namespace, rng: random.Random) -> list[Row]:
+    rows = []
     code_kwargs = {"timeout_s": 5.0, "cpu_s": 1}
     completions, tests = code_batch(args.batch, 0, rng)
     rows.append(run_inline("code (1 test each)", "code", code_kwargs, completions, {"tests": tests}, 0))
@@ -142,12 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     completions, tests = code_batch(args.batch, args.loops, rng)
     rows.append(run_pooled("code + infinite loops", "code", code_kwargs, completions, {"tests": tests},
                            args.workers, 10.0, args.loops))
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}; "
-          f"pool timeout {args.timeout:g} s (math), sandbox cpu_s=1 (code)")
-    print("| workload                 | path                   | batch | injected |  wall s |   item/s | timeouts |   mean |")
-    print("|--------------------------|------------------------|-------|----------|---------|----------|----------|--------|")
-    for row in rows:
-        print(row.line())
+    return rows
 
 
 if __name__ == "__main__":
