@@ -26,6 +26,22 @@ def load_state_blob(blob: bytes) -> dict:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
+def _refresh_tied_lm_head(model) -> None:
+    """Re-derive the LM head's kernel state after a reload when it is tied to the embedding.
+
+    The reload refreshes the embedding layer only; a tied head shares its weight tensor but
+    keeps kernel state built from the old values (on the CPU a packed oneDNN matrix made by
+    `process_weights_after_loading`), so without this the logits keep using old weights.
+    """
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    method = getattr(head, "quant_method", None)
+    if head is None or embed is None or method is None or head is embed:
+        return
+    if getattr(head, "weight", None) is not None and head.weight.data_ptr() == embed.weight.data_ptr():
+        method.process_weights_after_loading(head)
+
+
 class RolloutWorkerExtension:
     """Mixed into vLLM's worker (`self` is the worker): load new policy weights in place."""
 
@@ -41,6 +57,7 @@ class RolloutWorkerExtension:
         state = load_state_blob(blob)
         decoded = time.perf_counter()
         self.reload_weights(weights_iterator=iter(state.items()))
+        _refresh_tied_lm_head(self.model_runner.model)
         done = time.perf_counter()
         return {"tensors": float(len(state)), "decode_s": decoded - start, "reload_s": done - decoded}
 
