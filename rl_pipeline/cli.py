@@ -108,7 +108,8 @@ def sft_cmd(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name-TIME)"),
 ) -> None:
     """Supervised fine-tuning on DeepSpeed trainer ranks (Ray actors)."""
-    from rl_pipeline.pipelines.sft import InputError, train_sft
+    from rl_pipeline.config import InputError
+    from rl_pipeline.pipelines.sft import train_sft
 
     recipe_obj = _load(recipe, overrides or [])
     try:
@@ -116,6 +117,45 @@ def sft_cmd(
     except InputError as exc:
         _fail(str(exc))
     typer.echo(f"final model: {result.final_model}")
+
+
+@app.command("grpo")
+def grpo_cmd(
+    recipe: Path = typer.Argument(..., help="recipe YAML with model, data, trainer, rollout, rewards and grpo sections"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir from its checkpoint"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name-TIME)"),
+) -> None:
+    """GRPO: vLLM rollouts, reward service, DeepSpeed policy updates, weight sync each step."""
+    from rl_pipeline.config import InputError
+    from rl_pipeline.pipelines.grpo import train_grpo
+
+    recipe_obj = _load(recipe, overrides or [])
+    try:
+        result = train_grpo(recipe_obj, run_dir=run_dir, resume=resume)
+    except InputError as exc:
+        _fail(str(exc))
+    for key, value in result.final_eval.items():
+        typer.echo(f"{key}: {value:.4f}")
+    typer.echo(f"final model: {result.final_model}")
+
+
+@app.command("eval")
+def eval_cmd(
+    recipe: Path = typer.Argument(..., help="recipe YAML with model, data.eval, rollout, rewards and grpo sections"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Held-out evaluation of model.path: greedy accuracy, pass@k, response length."""
+    from rl_pipeline.config import InputError
+    from rl_pipeline.pipelines.evaluate import run_eval
+
+    recipe_obj = _load(recipe, overrides or [])
+    try:
+        metrics = run_eval(recipe_obj)
+    except InputError as exc:
+        _fail(str(exc))
+    for key, value in metrics.items():
+        typer.echo(f"{key}: {value:.4f}")
 
 
 def main() -> None:

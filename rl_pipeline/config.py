@@ -122,8 +122,8 @@ class RolloutConfig(Section):
     max_restarts: int = Field(3, ge=0, description="engine replacements per call before a generate fails")
     engine_in_process: bool | None = Field(
         None,
-        description="run vLLM's engine core inside the engine actor; None = yes on CPU (starts in seconds "
-        "instead of a minute, one process per engine), no on CUDA (vLLM's default subprocess)",
+        description="run vLLM's engine core inside the engine actor; None = yes on CPU with tensor_parallel_size 1 "
+        "(starts in seconds instead of a minute, one process per engine), else vLLM's default subprocesses",
     )
 
 
@@ -145,8 +145,12 @@ class GRPOConfig(Section):
     mask_truncated: bool = False
     tis_cap: float | None = Field(None, gt=0, description="truncated importance-sampling cap")
     prompt_template: str | None = Field(None, description="format string with {prompt}; None = chat template")
-    eval_every: int | None = Field(None, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="evaluate on data.eval every N steps")
     eval_samples: int = Field(4, ge=1, description="k of pass@k")
+    eval_limit: int | None = Field(None, ge=1, description="evaluate on the first N eval prompts only")
+    accuracy_reward: str | None = Field(None, description="reward component that defines 'correct'; None = the first")
+    accuracy_threshold: float = Field(1.0, description="a completion is correct when that component scores >= this")
+    reference_replicas: int = Field(1, ge=1, description="reference-model actors (used when kl_coef > 0)")
     save_every: int | None = Field(None, ge=1)
     seed: int = 0
 

@@ -25,14 +25,6 @@ fi
 # exist"). Text-only models need none of them.
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
-# DeepSpeed JIT-builds its CPU shared-memory allreduce op on first use (~50 s); build it here
-# once so the first training run does not pay for it.
-"$PY" -c "import torch
-if not torch.cuda.is_available():
-    from deepspeed.accelerator import get_accelerator
-    builder = get_accelerator().create_op_builder('ShareMemCommBuilder')
-    builder is not None and builder.load(verbose=False)" >/dev/null
-
 "$PY" - <<'PYEOF'
 import importlib
 for name in ("torch", "vllm", "ray", "deepspeed", "transformers", "datasets"):

@@ -114,6 +114,10 @@ class TrainerWorker:
             WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
         )
         cfg, model_cfg = self.spec.trainer, self.spec.model
+        if self.device == "cpu":
+            # DeepSpeed JIT-compiles a shared-memory allreduce op (~1 min of g++) when its comm
+            # backend starts; only its inference allreduce uses it, training goes through gloo.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo")
         seed_everything(self.spec.seed + self.rank)
         self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, model_cfg.trust_remote_code)
@@ -130,33 +134,110 @@ class TrainerWorker:
         )
         return sum(p.numel() for p in model.parameters())
 
+    def _accumulate(self, micro_batches: list, loss_of) -> None:
+        """Backward every micro-batch, then one optimiser step at the boundary we set.
+
+        `loss_of(micro_batch)` returns this micro-batch's share of the global loss (already
+        divided by the global normaliser). DeepSpeed averages gradients over ranks; scaling by
+        world size makes that a sum, so the update is the gradient of the global loss.
+        """
+        last = len(micro_batches) - 1
+        for i, micro_batch in enumerate(micro_batches):
+            self.engine.set_gradient_accumulation_boundary(i == last)
+            loss = loss_of(micro_batch)
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        self.engine.step()
+
+    def _grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
     # ---- SFT -------------------------------------------------------------------------------
     def sft_step(self, micro_batches: list[list[dict]], global_target_tokens: int) -> dict:
         """One optimiser step over this rank's micro-batches; returns this rank's loss share."""
         from rl_pipeline.algorithms.sft import sft_loss
         from rl_pipeline.models.logprobs import sequence_logprobs
 
-        if len(micro_batches) != self.spec.trainer.grad_accum_steps:
-            raise ValueError(f"expected {self.spec.trainer.grad_accum_steps} micro-batches, got {len(micro_batches)}")
         self.engine.train()
-        loss_share, tokens = 0.0, 0
-        for samples in micro_batches:
+        totals = {"loss_share": 0.0, "tokens": 0}
+
+        def loss_of(samples: list[dict]) -> torch.Tensor:
             batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
             logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"])
             loss = sft_loss(logp, batch["loss_mask"], global_target_tokens)
-            # DeepSpeed averages gradients over ranks; scaling by world size makes them a sum,
-            # so the update is the gradient of the global token mean.
-            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            self.engine.step()  # applies the update only at the accumulation boundary
-            loss_share += loss.item()
-            tokens += int(batch["input_ids"].ne(self.tokenizer.pad_token_id).sum())
-        grad_norm = self.engine.get_global_grad_norm()
+            totals["loss_share"] += loss.item()
+            totals["tokens"] += sum(len(s["input_ids"]) for s in samples)
+            return loss
+
+        self._accumulate(micro_batches, loss_of)
+        return {**totals, "grad_norm": self._grad_norm(), "lr": self.engine.get_lr()[0]}
+
+    # ---- GRPO ------------------------------------------------------------------------------
+    def grpo_step(self, micro_batches: list[list[dict]], normaliser: tuple[float, float], loss_cfg,
+                  inner_epochs: int = 1) -> dict:
+        """`inner_epochs` optimiser steps (mu) over this rank's share of a GRPO batch.
+
+        pi_old is the policy before the first update: with mu = 1 it is the current forward
+        (ratio 1, the gradient of the surrogate is still right); with mu > 1 a no-grad pass
+        computes it first. Returns summed metric shares (global values once summed over ranks).
+        """
+        from rl_pipeline.algorithms.grpo import LossNormaliser
+        from rl_pipeline.batch import collate_grpo
+
+        norm = LossNormaliser(*normaliser)
+        batches = [collate_grpo(rows, self.tokenizer.pad_token_id, self.engine.device) for rows in micro_batches]
+        if inner_epochs > 1:
+            with torch.no_grad():
+                self.engine.eval()
+                for batch in batches:
+                    batch["old_logp"] = self._logprobs(batch)[0]
+        self.engine.train()
+        shares: dict[str, float] = {}
+        first_pass = self._sync_check_accumulator()
+        for epoch in range(inner_epochs):
+            def loss_of(batch: dict) -> torch.Tensor:
+                return self._grpo_micro_loss(batch, norm, loss_cfg, shares, first_pass if epoch == 0 else None)
+
+            self._accumulate(batches, loss_of)
         return {
-            "loss_share": loss_share,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "lr": self.engine.get_lr()[0],
-            "tokens": tokens,
+            "shares": {k: v / inner_epochs for k, v in shares.items()},
+            "grad_norm": self._grad_norm(), "lr": self.engine.get_lr()[0], **first_pass.result(),
         }
+
+    def _logprobs(self, batch: dict, with_entropy: bool = False):
+        from rl_pipeline.models.logprobs import sequence_logprobs
+
+        return sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"], with_entropy)
+
+    def _grpo_micro_loss(self, batch: dict, norm, loss_cfg, shares: dict, sync_check) -> torch.Tensor:
+        from rl_pipeline.algorithms.grpo import grpo_policy_loss
+
+        logp, entropy = self._logprobs(batch, with_entropy=True)
+        old = batch.get("old_logp", logp.detach())
+        if sync_check is not None:
+            sync_check.add(old, batch["sampler_logp"], batch["mask"])
+        loss, metrics = grpo_policy_loss(
+            logp, old, batch["advantages"], batch["mask"], normaliser=norm, config=loss_cfg,
+            ref_logp=batch["ref_logp"], sampler_logp=batch["sampler_logp"] if loss_cfg.tis_cap else None,
+        )
+        metrics["policy/entropy"] = (entropy * batch["mask"]).sum() / max(norm.tokens, 1.0)
+        for key, value in metrics.items():
+            shares[key] = shares.get(key, 0.0) + float(value)
+        return loss
+
+    def _sync_check_accumulator(self) -> "_LogprobGap":
+        return _LogprobGap()
+
+    def export_weights(self) -> bytes | None:
+        """The full weights as torch.save bytes on rank 0 (all ranks call it under ZeRO-3)."""
+        import io
+
+        state = self.full_state_dict()
+        if state is None:
+            return None
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
 
     @torch.no_grad()
     def eval_nll(self, micro_batches: list[list[dict]]) -> tuple[float, int]:
@@ -206,6 +287,24 @@ class TrainerWorker:
         return out_dir
 
 
+class _LogprobGap:
+    """|sampler logprob - trainer logprob| over completion tokens of fresh rollouts: the best
+    detector of a broken weight sync."""
+
+    def __init__(self) -> None:
+        self.total, self.count, self.max = 0.0, 0, 0.0
+
+    def add(self, trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> None:
+        gap = (trainer_logp.detach().float() - sampler_logp.float()).abs()[mask]
+        if gap.numel():
+            self.total += float(gap.sum())
+            self.count += gap.numel()
+            self.max = max(self.max, float(gap.max()))
+
+    def result(self) -> dict[str, float]:
+        return {"gap_sum": self.total, "gap_count": self.count, "gap_max": self.max}
+
+
 class TrainerGroup:
     """The driver's handle on all trainer ranks: start them, then call them together."""
 
@@ -237,6 +336,35 @@ class TrainerGroup:
             "lr": results[0]["lr"],
             "tokens": sum(r["tokens"] for r in results),
         }
+
+    def grpo_step(self, shards: list[list[list[dict]]], normaliser, loss_cfg, inner_epochs: int) -> dict:
+        """mu optimiser steps over a GRPO batch; metric shares summed over ranks (global values)."""
+        per_rank = self.group.call_each(
+            "grpo_step", [(s, (normaliser.tokens, normaliser.sequences), loss_cfg, inner_epochs) for s in shards]
+        )
+        metrics: dict[str, float] = {}
+        for result in per_rank:
+            for key, value in result["shares"].items():
+                metrics[key] = metrics.get(key, 0.0) + value
+        gap_count = sum(r["gap_count"] for r in per_rank)
+        metrics["rollout/logprob_diff_mean"] = sum(r["gap_sum"] for r in per_rank) / max(gap_count, 1)
+        metrics["rollout/logprob_diff_max"] = max(r["gap_max"] for r in per_rank)
+        metrics["policy/grad_norm"] = per_rank[0]["grad_norm"]
+        metrics["policy/lr"] = per_rank[0]["lr"]
+        return metrics
+
+    def export_weights(self):
+        """ObjectRef of the full weights (torch.save bytes) from rank 0; the driver never
+        fetches it, engines do. Waits until every rank took part (ZeRO-3 gathers)."""
+        import ray
+
+        refs = [actor.export_weights.remote() for actor in self.group.actors]
+        ray.get(refs[1:])  # the other ranks return None; this surfaces their errors
+        ray.wait(refs[:1])
+        return refs[0]
+
+    def node_ids(self) -> list[str]:
+        return self.group.call_all("node_id")
 
     def eval_loss(self, shards: list[list[list[dict]]]) -> float:
         results = self.group.call_each("eval_nll", [(s,) for s in shards])

@@ -1,0 +1,135 @@
+"""The one batch type of a GRPO step, built from rollouts and rewards, and its tensor form.
+
+`build_batch` (pure: no Ray, no I/O) turns B prompts x G completions and their rewards into
+per-sample training rows with group advantages, drops flat groups when asked, and masks
+truncated completions. Stages add fields (reference logprobs) rather than re-tokenizing.
+`collate_grpo` turns rows into the aligned [N, T-1] tensors the loss needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rl_pipeline.algorithms.grpo import LossNormaliser, flat_groups, group_advantages
+
+
+@dataclass
+class GRPOSample:
+    """One completion of one prompt, ready to train on."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    sampler_logprobs: list[float]
+    advantage: float
+    reward: float
+    group: int
+    truncated: bool
+    trained: bool = True  # False: masked out of the loss (truncated and grpo.mask_truncated)
+    ref_logprobs: list[float] | None = None
+
+    def as_row(self) -> dict:
+        """What a trainer rank receives (plain lists, cheap to ship through Ray)."""
+        return {
+            "input_ids": self.prompt_ids + self.completion_ids,
+            "prompt_len": len(self.prompt_ids),
+            "advantage": self.advantage if self.trained else 0.0,
+            "trained": self.trained,
+            "sampler_logprobs": self.sampler_logprobs,
+            "ref_logprobs": self.ref_logprobs,
+        }
+
+
+@dataclass
+class GRPOBatch:
+    samples: list[GRPOSample]
+    groups_total: int
+    groups_dropped: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def normaliser(self) -> LossNormaliser:
+        """Global token and sequence counts of the trained completions (see algorithms/grpo.py)."""
+        trained = [s for s in self.samples if s.trained and s.completion_ids]
+        return LossNormaliser(tokens=float(sum(len(s.completion_ids) for s in trained)), sequences=float(len(trained)))
+
+    def trimmed_to_multiple(self, ranks: int) -> "GRPOBatch":
+        """Drop the last few samples so every rank gets the same number of rows: ranks must run
+        the same number of forward passes (ZeRO-3 gathers parameters in each)."""
+        keep = len(self.samples) - len(self.samples) % ranks
+        if keep == len(self.samples):
+            return self
+        return GRPOBatch(self.samples[:keep], self.groups_total, self.groups_dropped, dict(self.stats))
+
+    def shards(self, ranks: int, micro_batch_size: int) -> list[list[list[dict]]]:
+        """shards[rank][micro_batch] = rows; samples dealt round-robin so ranks get equal counts."""
+        per_rank = [[s.as_row() for s in self.samples[r::ranks]] for r in range(ranks)]
+        return [[rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)] for rows in per_rank]
+
+
+def build_batch(
+    prompt_ids: list[list[int]],
+    completions: list[list],
+    rewards: list[float],
+    *,
+    scale_by_std: bool = True,
+    drop_flat_groups: bool = True,
+    mask_truncated: bool = False,
+) -> GRPOBatch:
+    """B prompts with G completions each (group-contiguous `rewards`, length B*G) -> a batch.
+
+    `completions[b][g]` has token_ids, logprobs and truncated (a rollout Completion).
+    """
+    group_size = len(completions[0])
+    r = torch.tensor(rewards, dtype=torch.float64)
+    advantages = group_advantages(r, group_size, scale_by_std=scale_by_std)
+    flat = flat_groups(r, group_size)
+    samples = []
+    for b, group in enumerate(completions):
+        if drop_flat_groups and flat[b]:
+            continue
+        for g, completion in enumerate(group):
+            i = b * group_size + g
+            samples.append(GRPOSample(
+                prompt_ids=list(prompt_ids[b]), completion_ids=list(completion.token_ids),
+                sampler_logprobs=list(completion.logprobs), advantage=float(advantages[i]),
+                reward=float(r[i]), group=b, truncated=completion.truncated,
+                trained=not (mask_truncated and completion.truncated),
+            ))
+    return GRPOBatch(samples, groups_total=len(completions), groups_dropped=int(flat.sum()) if drop_flat_groups else 0)
+
+
+def merge_batches(batches: list[GRPOBatch]) -> GRPOBatch:
+    """Concatenate the kept groups of several generation rounds (dynamic-sampling refill)."""
+    samples, offset = [], 0
+    for batch in batches:
+        for s in batch.samples:
+            samples.append(GRPOSample(**{**vars(s), "group": s.group + offset}))
+        offset += batch.groups_total
+    return GRPOBatch(samples, sum(b.groups_total for b in batches), sum(b.groups_dropped for b in batches))
+
+
+def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor | None]:
+    """Right-padded ids [N, T] and label-aligned [N, T-1] tensors: completion-token mask,
+    sampler and reference logprobs; advantages [N]. Label position t predicts token t+1, so
+    completion token j of a row sits at position prompt_len - 1 + j."""
+    width = max(len(r["input_ids"]) for r in rows)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width - 1), dtype=torch.bool)
+    sampler = torch.zeros((n, width - 1), dtype=torch.float32)
+    has_ref = rows[0]["ref_logprobs"] is not None
+    ref = torch.zeros((n, width - 1), dtype=torch.float32) if has_ref else None
+    for i, row in enumerate(rows):
+        seq, start = row["input_ids"], row["prompt_len"] - 1
+        ids[i, : len(seq)] = torch.tensor(seq)
+        end = start + len(seq) - row["prompt_len"]
+        mask[i, start:end] = bool(row["trained"])
+        sampler[i, start:end] = torch.tensor(row["sampler_logprobs"], dtype=torch.float32)
+        if has_ref:
+            ref[i, start:end] = torch.tensor(row["ref_logprobs"], dtype=torch.float32)
+    positions = torch.arange(width).expand(n, width)
+    advantages = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32)
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return {"input_ids": move(ids), "position_ids": move(positions), "mask": move(mask),
+            "sampler_logp": move(sampler), "ref_logp": move(ref), "advantages": move(advantages)}

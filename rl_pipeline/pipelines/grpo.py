@@ -1,0 +1,280 @@
+"""The GRPO driver: generate G completions per prompt on vLLM engines, score them, build group
+advantages, (add reference logprobs,) train the DeepSpeed policy, push the new weights.
+
+The step reads like the algorithm (see `_step`); everything heavy runs in Ray actor groups.
+All input (model, data columns, prompt lengths, reward names) is checked before any actor starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, pstdev
+
+from rl_pipeline.algorithms.grpo import GRPOLossConfig
+from rl_pipeline.batch import GRPOBatch, build_batch, merge_batches
+from rl_pipeline.checkpoint import RunDir
+from rl_pipeline.config import InputError, Recipe
+from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for, load_prompts
+from rl_pipeline.models.loading import check_model_source, load_tokenizer
+from rl_pipeline.pipelines.evaluate import evaluate
+from rl_pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GRPOInputs:
+    tokenizer: object
+    train: list[Prompt]
+    eval: list[Prompt] | None
+    correct_component: str
+
+
+@dataclass
+class GRPOResult:
+    run_dir: Path
+    final_model: Path
+    steps: int
+    final_eval: dict[str, float] = field(default_factory=dict)
+
+
+class PhaseTimer:
+    """Wall time per named phase of a step; what no phase covers is reported as `other`."""
+
+    def __init__(self) -> None:
+        self.start, self.seconds = time.perf_counter(), {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        total = time.perf_counter() - self.start
+        out = {f"time/{k}": v for k, v in self.seconds.items()}
+        out["time/other"] = max(0.0, total - sum(self.seconds.values()))
+        out["time/step"] = total
+        return out
+
+
+def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
+    """Everything that can be wrong with the input, found before any actor starts."""
+    from rl_pipeline.workers.reward import component_names, validate
+
+    recipe.require("data", "grpo", "rollout", "rewards")
+    try:
+        check_model_source(recipe.model.path)
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        validate(recipe.rewards)
+    except (ValueError, LookupError, ImportError, TypeError) as exc:
+        raise InputError(f"rewards.functions: {exc}") from None
+    names = component_names(recipe.rewards)
+    correct = recipe.grpo.accuracy_reward or names[0]
+    if correct not in names:
+        raise InputError(f"grpo.accuracy_reward: '{correct}' is not a reward component; components: {names}")
+    max_prompt = recipe.data.max_length - recipe.rollout.max_tokens
+    if max_prompt < 1:
+        raise InputError(f"data.max_length ({recipe.data.max_length}) leaves no room for prompts after "
+                         f"rollout.max_tokens ({recipe.rollout.max_tokens})")
+    tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.path, recipe.model.trust_remote_code)
+    template = recipe.grpo.prompt_template
+    train = load_prompts(recipe.data.train, tokenizer, "data.train", max_prompt, template)
+    evals = None
+    if recipe.data.eval is not None:
+        evals = load_prompts(recipe.data.eval, tokenizer, "data.eval", max_prompt, template)
+        evals = evals[: recipe.grpo.eval_limit] if recipe.grpo.eval_limit else evals
+    elif recipe.grpo.eval_every:
+        raise InputError("grpo.eval_every is set but data.eval is missing: nothing to evaluate on")
+    return GRPOInputs(tokenizer, train, evals, correct)
+
+
+def loss_config(recipe: Recipe) -> GRPOLossConfig:
+    g = recipe.grpo
+    return GRPOLossConfig(
+        eps_low=g.eps_low, eps_high=g.eps_high, beta=g.kl_coef, kl_estimator=g.kl_estimator,
+        aggregation=g.loss_aggregation, max_length_norm=recipe.rollout.max_tokens, tis_cap=g.tis_cap,
+    )
+
+
+@dataclass
+class _Actors:
+    policy: object
+    engines: object
+    scorer: object
+    reference: object | None
+    sync: object
+
+    def shutdown(self) -> None:
+        for part in (self.engines, self.scorer, self.reference, self.policy):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.shutdown()
+
+
+def start_actors(recipe: Recipe, total_steps: int) -> _Actors:
+    from rl_pipeline.weight_sync import WeightSync
+    from rl_pipeline.workers.reference import ReferenceGroup
+    from rl_pipeline.workers.reward import RewardService
+    from rl_pipeline.workers.rollout import RolloutGroup
+    from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
+
+    strategy = recipe.cluster.placement_strategy
+    started = []
+    try:
+        started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, strategy))
+        started.append(RewardService.start(recipe.rewards))
+        started.append(None if recipe.grpo.kl_coef == 0 else ReferenceGroup.start(
+            recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, strategy=strategy))
+        started.append(TrainerGroup.start(TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed),
+                                          strategy))
+    except BaseException:
+        _Actors(*(started + [None] * (4 - len(started))), sync=None).shutdown()
+        raise
+    engines, scorer, reference, policy = started
+    return _Actors(policy, engines, scorer, reference, WeightSync())
+
+
+def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> GRPOResult:
+    """Run (or resume) GRPO as the recipe says; returns where the final model is."""
+    from rl_pipeline.cluster import connect
+
+    inputs = check_grpo_inputs(recipe)
+    run = RunDir.open(recipe, run_dir, resume)
+    resumed = run.latest() if resume else None
+    start = resumed.step if resumed else 0
+    stream = PromptStream(inputs.train, recipe.grpo.seed, resumed.state["data_position"] if resumed else 0)
+    tracker = Tracker(run.path, recipe.tracking, resume_after_step=start if resume else None)
+    log.info("GRPO: %d prompts x %d samples per step, %d steps, run dir %s", recipe.grpo.prompts_per_step,
+             recipe.grpo.group_size, recipe.grpo.steps, run.path)
+    with connect(recipe.cluster):
+        actors = start_actors(recipe, recipe.grpo.steps)
+        try:
+            if resumed:
+                actors.policy.load_state(str(resumed.checkpoint))
+                actors.sync.push(actors.policy, actors.engines)
+                log.info("resumed from %s at step %d", resumed.checkpoint, start)
+            elif recipe.grpo.eval_every and inputs.eval:
+                tracker.log(0, _evaluate(recipe, inputs, actors, 0))  # the starting policy
+            _loop(recipe, inputs, actors, stream, run, tracker, start)
+            final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps) if inputs.eval else {}
+            actors.policy.save_hf(str(run.final_model))
+        finally:
+            tracker.close()
+            actors.shutdown()
+    return GRPOResult(run.path, run.final_model, recipe.grpo.steps, final_eval)
+
+
+def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, run: RunDir,
+          tracker: Tracker, start: int) -> None:
+    from rl_pipeline.progress import StepProgress
+
+    g = recipe.grpo
+    with StepProgress("grpo", g.steps, start) as progress:
+        for step in range(start, g.steps):
+            metrics = _step(recipe, inputs, actors, stream, step)
+            done = step + 1
+            if g.eval_every and inputs.eval and (done % g.eval_every == 0 or done == g.steps):
+                metrics.update(_evaluate(recipe, inputs, actors, done))
+            tracker.log(done, metrics)
+            if g.save_every and done % g.save_every == 0 and done < g.steps:
+                run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": stream.position})
+            progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
+
+
+def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, step: int) -> dict:
+    """One GRPO step: rollouts -> rewards -> batch -> (reference) -> train -> weight sync."""
+    g, timer = recipe.grpo, PhaseTimer()
+    batch, metrics = _collect_batch(recipe, inputs, actors, stream, step, timer)
+    batch = batch.trimmed_to_multiple(recipe.trainer.num_ranks)
+    metrics.update(_batch_stats(batch))
+    if len(batch.samples) == 0:
+        log.warning("step %d: every group had equal rewards; nothing to train on", step + 1)
+        metrics["train/skipped"] = 1.0
+        return {**metrics, **timer.metrics()}
+    if actors.reference is not None:
+        with timer("reference"):
+            actors.reference.add_logprobs(batch.samples)
+    with timer("train"):
+        shards = batch.shards(recipe.trainer.num_ranks, recipe.trainer.micro_batch_size)
+        metrics.update(actors.policy.grpo_step(shards, batch.normaliser(), loss_config(recipe), g.inner_epochs))
+    with timer("sync"):
+        metrics.update(actors.sync.push(actors.policy, actors.engines))
+    metrics["train/skipped"] = 0.0
+    timings = timer.metrics()
+    trained_tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.samples)
+    metrics["throughput/tokens_per_s"] = trained_tokens / timings["time/step"]
+    return {**metrics, **timings}
+
+
+def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, step: int,
+                   timer: PhaseTimer) -> tuple[GRPOBatch, dict]:
+    """Generate and score until enough non-flat groups are kept (dynamic sampling) or the
+    refill cap is reached; metrics describe the first round's rollouts."""
+    g, batches, metrics = recipe.grpo, [], {}
+    for round_ in range(g.max_refill_rounds + 1):
+        prompts = stream.next(g.prompts_per_step)
+        with timer("generate"):
+            completions = actors.engines.generate([p.token_ids for p in prompts], n=g.group_size,
+                                                  seed=g.seed * 1_000_003 + step * 101 + round_)
+        with timer("reward"):
+            flat = [c for group in completions for c in group]
+            scored = actors.scorer.score([p.text for p in prompts for _ in range(g.group_size)],
+                                         [c.text for c in flat], columns_for(prompts, g.group_size))
+        batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total,
+                                   scale_by_std=g.scale_advantages_by_std, drop_flat_groups=g.drop_flat_groups,
+                                   mask_truncated=g.mask_truncated))
+        if round_ == 0:
+            metrics = _rollout_stats(flat, scored, inputs.correct_component, g.accuracy_threshold,
+                                     timer.seconds["generate"])
+        kept = sum(b.groups_total - b.groups_dropped for b in batches)
+        if not g.drop_flat_groups or kept >= g.prompts_per_step:
+            break
+    metrics["train/refill_rounds"] = float(len(batches) - 1)
+    return merge_batches(batches), metrics
+
+
+def _rollout_stats(flat, scored, correct_component: str, threshold: float, generate_s: float) -> dict:
+    lengths = [len(c.token_ids) for c in flat]
+    correct = [s is not None and s >= threshold for s in scored.components[correct_component]]
+    return {
+        **scored.metrics,
+        "reward/total/mean": mean(scored.total),
+        "reward/total/std": pstdev(scored.total),
+        "train/accuracy": mean(correct),
+        "rollout/response_length_mean": mean(lengths),
+        "rollout/response_length_max": float(max(lengths)),
+        "rollout/truncated_frac": mean(c.truncated for c in flat),
+        "throughput/generated_tokens_per_s": sum(lengths) / max(generate_s, 1e-9),
+    }
+
+
+def _batch_stats(batch: GRPOBatch) -> dict:
+    advantages = [s.advantage for s in batch.samples] or [0.0]
+    return {
+        "train/groups_dropped": float(batch.groups_dropped),
+        "train/groups_total": float(batch.groups_total),
+        "train/samples": float(len(batch.samples)),
+        "advantage/mean": mean(advantages),
+        "advantage/abs_mean": mean(abs(a) for a in advantages),
+        "advantage/max": max(advantages),
+        "advantage/min": min(advantages),
+    }
+
+
+def _evaluate(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, step: int) -> dict:
+    t0 = time.perf_counter()
+    metrics = evaluate(actors.engines, actors.scorer, inputs.eval, inputs.tokenizer,
+                       correct_component=inputs.correct_component, threshold=recipe.grpo.accuracy_threshold,
+                       k=recipe.grpo.eval_samples, temperature=recipe.rollout.temperature,
+                       max_tokens=recipe.rollout.max_tokens, seed=recipe.grpo.seed + step)
+    metrics["time/eval"] = time.perf_counter() - t0
+    return metrics

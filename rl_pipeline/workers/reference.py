@@ -1,0 +1,65 @@
+"""The reference model: a frozen copy of the starting policy that computes per-token logprobs
+of given sequences for the KL term. Started only when grpo.kl_coef > 0."""
+
+from __future__ import annotations
+
+import torch
+
+from rl_pipeline.config import ModelConfig
+
+
+class ReferenceWorker:
+    """One replica holding the frozen model (bf16 on CUDA, fp32 on CPU)."""
+
+    def __init__(self, model: ModelConfig, device: str = "auto") -> None:
+        from rl_pipeline.models.loading import load_causal_lm, load_tokenizer
+        from rl_pipeline.workers.trainer import pick_device
+
+        self.device = pick_device(device)
+        self.model = load_causal_lm(model.path, model.dtype, self.device, model.trust_remote_code).eval()
+        self.model.requires_grad_(False)
+        self.pad_id = load_tokenizer(model.tokenizer or model.path, model.trust_remote_code).pad_token_id
+
+    @torch.no_grad()
+    def completion_logprobs(self, rows: list[dict], micro_batch_size: int = 16) -> list[list[float]]:
+        """For each row (input_ids, prompt_len): logprobs of its completion tokens."""
+        from rl_pipeline.batch import collate_grpo
+        from rl_pipeline.models.logprobs import sequence_logprobs
+
+        out: list[list[float]] = []
+        for i in range(0, len(rows), micro_batch_size):
+            chunk = [{**r, "trained": True, "ref_logprobs": None} for r in rows[i : i + micro_batch_size]]
+            batch = collate_grpo(chunk, self.pad_id, self.device)
+            logp, _ = sequence_logprobs(self.model, batch["input_ids"], None, batch["position_ids"])
+            for row, values in zip(chunk, logp.float().cpu()):
+                start = row["prompt_len"] - 1
+                out.append(values[start : start + len(row["input_ids"]) - row["prompt_len"]].tolist())
+        return out
+
+
+class ReferenceGroup:
+    """Replicas of the reference model; rows are split evenly across them."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    @classmethod
+    def start(cls, model: ModelConfig, replicas: int = 1, cpus: float = 0.25, gpus: float = 0.0,
+              device: str = "auto", strategy: str = "PACK") -> "ReferenceGroup":
+        from rl_pipeline.workers.group import ActorGroup, Resources
+
+        group = ActorGroup.start("reference", ReferenceWorker, replicas, Resources(cpus=cpus, gpus=gpus),
+                                 strategy=strategy, init_args=[(model, device)] * replicas)
+        return cls(group)
+
+    def add_logprobs(self, samples) -> None:
+        """Fill `ref_logprobs` of every GRPOSample in place."""
+        rows = [s.as_row() for s in samples]
+        n = len(self.group)
+        chunks = [rows[i * len(rows) // n : (i + 1) * len(rows) // n] for i in range(n)]
+        results = self.group.call_each("completion_logprobs", [(c,) for c in chunks])
+        for sample, logprobs in zip(samples, [lp for chunk in results for lp in chunk]):
+            sample.ref_logprobs = logprobs
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
