@@ -35,7 +35,13 @@ CPU_KV_CACHE_BYTES = 512 * 1024**2
 
 @dataclass
 class Completion:
-    """One sampled completion: token ids, the sampler's logprob of each, and how it ended."""
+    """One sampled completion: token ids, the sampler's logprob of each, and how it ended.
+
+    `token_ids` end with EOS when the model stopped, and include a matched stop string's
+    tokens (so `text`, which keeps the stop string, decodes from them). `logprobs` follow
+    `rollout.logprobs`: "raw" (default) is log p under the model itself, before temperature
+    and top-p, which is what a transformers forward pass of the same weights gives.
+    """
 
     token_ids: list[int]
     logprobs: list[float]
@@ -46,7 +52,9 @@ class Completion:
 
 def engine_env(cfg: RolloutConfig, device: str) -> dict[str, str]:
     """Environment variables vLLM must see before it is imported in the engine actor."""
-    in_process = cfg.engine_in_process if cfg.engine_in_process is not None else device == "cpu"
+    in_process = cfg.engine_in_process
+    if in_process is None:  # several tensor-parallel workers need vLLM's worker processes
+        in_process = device == "cpu" and cfg.tensor_parallel_size == 1
     # In-process, vLLM's engine core and its single worker live in the actor: no spawned
     # processes to import vLLM again (~1 minute on 2 busy cores), and killing the actor kills
     # the whole engine. vLLM then leaves OpenMP threads unpinned (Ray sets OMP_NUM_THREADS).
@@ -67,13 +75,18 @@ def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -
         "logprobs_mode": "raw_logprobs" if cfg.logprobs == "raw" else "processed_logprobs",
         "max_model_len": cfg.max_model_len,
         "max_logprobs": 0,  # only the sampled token's logprob is ever asked for
+        "tensor_parallel_size": cfg.tensor_parallel_size,
     }
+    if cfg.tensor_parallel_size > 1:
+        # The engine's bundle holds all its devices and the actor sees them; vLLM's own worker
+        # processes share them. Inside a placement group vLLM would otherwise pick its Ray
+        # executor and ask Ray for the same devices a second time.
+        kwargs["distributed_executor_backend"] = "mp"
     if device == "cpu":
         kwargs["dtype"] = "float32" if cfg.dtype == "auto" else cfg.dtype
         kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES
     else:
         kwargs["dtype"] = "bfloat16" if cfg.dtype == "auto" else cfg.dtype
-        kwargs["tensor_parallel_size"] = cfg.tensor_parallel_size
         if cfg.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
         else:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rl_pipeline.config import RolloutConfig
-from rl_pipeline.workers.rollout import Completion, RolloutGroup, split_evenly
+from rl_pipeline.workers.rollout import Completion, RolloutGroup, engine_env, engine_kwargs, split_evenly
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,6 +58,21 @@ def test_split_evenly_is_contiguous_and_balanced():
     # 5 items over 2 parts: sizes 3 and 2, starting at 0 and 3; 1 item over 3 parts leaves two empty.
     assert split_evenly([1, 2, 3, 4, 5], 2) == [(0, [1, 2, 3]), (3, [4, 5])]
     assert split_evenly(["a"], 3) == [(0, ["a"]), (1, []), (1, [])]
+
+
+def test_engine_arguments_per_device():
+    cpu = engine_kwargs("m", RolloutConfig(), seed=3, device="cpu")
+    assert cpu["dtype"] == "float32" and cpu["kv_cache_memory_bytes"] == 512 * 1024**2
+    assert cpu["enforce_eager"] and cpu["seed"] == 3 and cpu["logprobs_mode"] == "raw_logprobs"
+    assert cpu["worker_extension_cls"] == "rl_pipeline.workers.vllm_extension.RolloutWorkerExtension"
+    assert "gpu_memory_utilization" not in cpu
+    assert engine_env(RolloutConfig(), "cpu") == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    gpu_cfg = RolloutConfig(tensor_parallel_size=2, gpu_memory_utilization=0.4)
+    gpu = engine_kwargs("m", gpu_cfg, seed=0, device="cuda")
+    assert gpu["dtype"] == "bfloat16" and gpu["gpu_memory_utilization"] == 0.4
+    assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
+    assert "kv_cache_memory_bytes" not in gpu
+    assert engine_env(gpu_cfg, "cuda") == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 
 
 def test_engines_start_on_the_cluster(rollout, ray_local):
