@@ -25,10 +25,18 @@ pytestmark = pytest.mark.timeout(300)
 PROMPTS = ["12+34=", "07+45=", "99+01=", "50+50="]
 
 
-def state_blob(model) -> bytes:
-    """What trainer.export_weights() puts in the object store: torch.save of the HF state dict."""
+def state_blob(model, tied_head: bool = False) -> bytes:
+    """What trainer.export_weights() puts in the object store: torch.save of the HF state dict.
+
+    Like the trainer, leave out `lm_head.weight` (tied to the embedding) unless tied_head: a
+    reload without it must still refresh the head's packed CPU kernel, which vLLM's
+    reload_weights alone did not do (the samples kept the old head; gap ~0.7 here).
+    """
+    state = model.state_dict()
+    if not tied_head and model.config.tie_word_embeddings:
+        state.pop("lm_head.weight")
     buffer = io.BytesIO()
-    torch.save({k: v.detach().float().cpu() for k, v in model.state_dict().items()}, buffer)
+    torch.save({k: v.detach().float().cpu() for k, v in state.items()}, buffer)
     return buffer.getvalue()
 
 
@@ -48,13 +56,14 @@ def max_logprob_gap(results, prompt_ids, model) -> float:
 class StubTrainer:
     """Stands in for the lead's TrainerGroup: export_weights() -> ObjectRef of torch.save bytes."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, tied_head: bool = False) -> None:
         self.model = model
+        self.tied_head = tied_head
         self.exports = 0
 
     def export_weights(self):
         self.exports += 1
-        return ray.put(state_blob(self.model))
+        return ray.put(state_blob(self.model, self.tied_head))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +113,8 @@ def test_engines_start_with_the_model_weights(rollout, prompt_ids, models):
 
 def test_load_weights_swaps_the_policy_in_every_engine(rollout, prompt_ids, models):
     a, b = models
-    blob = state_blob(b)
+    blob = state_blob(b)  # without lm_head.weight, as the trainer exports tied weights
+    assert b.config.tie_word_embeddings
     stats = rollout.load_weights(ray.put(blob))
     assert stats["sync/bytes"] == len(blob) and stats["sync/seconds"] > 0
     # 4 prompts split 2/2: both engines' samples are checked against the new weights.
@@ -116,11 +126,11 @@ def test_load_weights_swaps_the_policy_in_every_engine(rollout, prompt_ids, mode
 def test_weight_sync_push_moves_trainer_weights_to_engines(rollout, prompt_ids, models):
     a, b = models
     sync = WeightSync()  # device taken from the engines: cpu -> object store backend
-    trainer = StubTrainer(a)
+    trainer = StubTrainer(a, tied_head=True)  # both tied keys present also works
     stats = sync.push(trainer, rollout)
     assert trainer.exports == 1 and sync.device == "cpu"
     assert set(stats) >= {"sync/seconds", "sync/bytes"}
-    assert stats["sync/bytes"] == len(state_blob(a)) and stats["sync/seconds"] > 0
+    assert stats["sync/bytes"] == len(state_blob(a, tied_head=True)) and stats["sync/seconds"] > 0
     assert max_logprob_gap(rollout.generate(prompt_ids, n=2, seed=3), prompt_ids, a) < 1e-4
     # And back to B, through the same interface, for the fault test that follows.
     sync.push(StubTrainer(b), rollout)
