@@ -68,8 +68,8 @@ class TrainerConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     micro_batch_size: int = Field(8, ge=1, description="sequences per rank per forward pass")
     grad_accum_steps: int = Field(1, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    min_lr: float = Field(0.0, ge=0)
+    lr: float = Field(5e-6, gt=0, description="peak learning rate (the seeds' SFT: 5e-6 cosine-decayed to 1e-6)")
+    min_lr: float = Field(1e-6, ge=0, description="floor the schedule decays to")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = 0.0

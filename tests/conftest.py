@@ -45,7 +45,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def task_dir(tmp_path_factory) -> Path:
-    """Folder holding the synthetic arithmetic task: train.jsonl (512), eval.jsonl (64), test.jsonl (64).
+    """Folder holding the synthetic arithmetic task: train.jsonl (4000), eval.jsonl (64), test.jsonl (100).
 
     Written with `rl_pipeline.data.synthetic.write_task` (2-digit additions, seed 0). Rows have
     `id`, `prompt` ("07+45="), `ground_truth` ("52") and `completion` ("52").
@@ -53,5 +53,29 @@ def task_dir(tmp_path_factory) -> Path:
     from rl_pipeline.data.synthetic import write_task
 
     out = tmp_path_factory.mktemp("task")
-    write_task(out, {"train": 512, "eval": 64, "test": 64}, digits=2, ops="+", seed=0)
+    write_task(out, {"train": 4000, "eval": 64, "test": 100}, digits=2, ops="+", seed=0)
     return out
+
+
+# SFT steps that leave the tiny model partly able to add (about 10-40% held-out greedy
+# accuracy on this machine): learning is a sharp phase transition around steps 300-450.
+PARTLY_TRAINED_SFT_STEPS = 450
+
+
+@pytest.fixture(scope="session")
+def partly_trained_model(tmp_path_factory, tiny_model_dir, task_dir, ray_local) -> Path:
+    """`final_model` folder of a short `rlp sft` run on `task_dir`: weak but not hopeless, the
+    starting point of GRPO tests. Trained once per session with the real SFT pipeline."""
+    from rl_pipeline.config import parse_recipe
+    from rl_pipeline.pipelines.sft import train_sft
+
+    out = tmp_path_factory.mktemp("partly_trained")
+    recipe = parse_recipe({
+        "name": "partly-trained", "output_dir": str(out),
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": {"path": str(task_dir / "train.jsonl"), "format": "prompt_completion"}, "max_length": 32},
+        "trainer": {"micro_batch_size": 128, "lr": 1e-3, "min_lr": 1e-3, "warmup_steps": 20, "betas": [0.9, 0.98]},
+        "sft": {"max_steps": PARTLY_TRAINED_SFT_STEPS, "seed": 0},
+        "tracking": {"tensorboard": False},
+    })
+    return train_sft(recipe, run_dir=out / "run").final_model

@@ -26,7 +26,7 @@ def evaluate(prompt: str) -> int:
 
 def test_task_dir_splits_have_exact_sizes_and_are_disjoint(task_dir):
     splits = {name: read_jsonl(task_dir / f"{name}.jsonl") for name in ("train", "eval", "test")}
-    assert {name: len(rows) for name, rows in splits.items()} == {"train": 512, "eval": 64, "test": 64}
+    assert {name: len(rows) for name, rows in splits.items()} == {"train": 4000, "eval": 64, "test": 100}
     prompts = {name: {row["prompt"] for row in rows} for name, rows in splits.items()}
     assert all(len(prompts[name]) == len(splits[name]) for name in splits)  # no duplicates inside
     assert not prompts["train"] & prompts["eval"]
