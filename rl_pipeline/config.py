@@ -169,14 +169,56 @@ class RewardsConfig(Section):
 
 
 class DistillConfig(Section):
-    expert: str = Field(description="local folder or hub name of the expert model")
-    system_prompt: str
-    samples_per_prompt: int = Field(4, ge=1)
-    keep: Literal["threshold", "best_of_n", "top_k"] = "threshold"
-    threshold: float = 1.0
-    max_per_problem: int | None = Field(None, ge=1)
-    strip_think_in_original: bool = True
-    output: str | None = None
+    """R1-style distillation data: an expert answers every problem of data.train, with and without
+    the guiding system prompt; rewards decide which samples are kept (rejection sampling).
+
+    Sampling settings (temperature, top_p, max_tokens, stop) and the engines come from `rollout`;
+    the problems from `data.train` (its prompt/ground-truth columns and `limit`)."""
+
+    expert: str = Field(description="local folder or hub name of the expert model that generates")
+    expert_name: str | None = Field(None, description="written in the `expert` column; None = the folder name or hub name")
+    system_prompt: str = Field(description="system turn of the 'expert' kind: guides reflection and verification")
+    kinds: list[Literal["original", "expert"]] = Field(
+        ["original", "expert"], min_length=1,
+        description="original: <problem, response> without the system prompt; expert: <system, problem, response>",
+    )
+    samples_per_prompt: int = Field(4, ge=1, description="n samples per problem and kind")
+    keep: Literal["threshold", "best_of_n", "top_k"] = Field(
+        "threshold",
+        description="per problem and kind: every sample passing `threshold` | the best one | the best `max_per_problem`",
+    )
+    threshold: float | None = Field(
+        1.0, description="minimum total reward of a kept sample (all policies); None = no floor (not with keep=threshold)"
+    )
+    max_per_problem: int | None = Field(None, ge=1, description="k of keep=top_k (and only there)")
+    dedupe: bool = Field(True, description="drop a response identical to a better one for the same problem and kind")
+    drop_truncated: bool = Field(True, description="drop responses cut off by rollout.max_tokens")
+    min_response_tokens: int = Field(1, ge=0, description="shortest kept assistant turn (tokens, as written)")
+    max_response_tokens: int | None = Field(None, ge=1, description="longest kept assistant turn (tokens, as written)")
+    strip_think_in_original: bool = Field(
+        True, description="remove <think>...</think> from 'original' responses (always kept in 'expert' ones)"
+    )
+    id_column: str | None = Field(None, description="problem id column of data.train; None = the row number")
+    require_ground_truth: bool = Field(
+        True, description="rows must have data.train.ground_truth_column (rule-based rewards grade against it)"
+    )
+    output: str | None = Field(None, description="dataset folder; None = output_dir/name")
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    shard_size: int = Field(256, ge=1, description="problems per shard: the unit of work, resume and output files")
+    seed: int = Field(0, description="sampling seeds are derived from it per shard, so a redone shard repeats itself")
+
+    @model_validator(mode="after")
+    def _policy_is_complete(self) -> "DistillConfig":
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds: each kind at most once, got {self.kinds}")
+        if self.keep == "threshold" and self.threshold is None:
+            raise ValueError("keep=threshold needs a threshold (None only with best_of_n or top_k)")
+        if (self.keep == "top_k") != (self.max_per_problem is not None):
+            raise ValueError("max_per_problem is the k of keep=top_k: set both or neither")
+        if self.max_response_tokens is not None and self.max_response_tokens < self.min_response_tokens:
+            raise ValueError(f"max_response_tokens ({self.max_response_tokens}) < min_response_tokens "
+                             f"({self.min_response_tokens})")
+        return self
 
 
 class ClusterConfig(Section):
