@@ -120,26 +120,31 @@ class _Actors:
                     part.shutdown()
 
 
-def start_actors(recipe: Recipe, total_steps: int) -> _Actors:
+def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) -> _Actors:
+    """Start every role where `cluster` says (checked against the cluster first); log each role's
+    nodes and write them to `run_dir/placement.json`."""
+    from rl_pipeline.cluster import plan_grpo, record_placement
     from rl_pipeline.weight_sync import WeightSync
     from rl_pipeline.workers.reference import ReferenceGroup
     from rl_pipeline.workers.reward import RewardService
     from rl_pipeline.workers.rollout import RolloutGroup
     from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
 
-    strategy = recipe.cluster.placement_strategy
+    plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts
     started = []
     try:
-        started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, strategy))
-        started.append(RewardService.start(recipe.rewards))
-        started.append(None if recipe.grpo.kl_coef == 0 else ReferenceGroup.start(
-            recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, strategy=strategy))
+        started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout))
+        started.append(RewardService.start(recipe.rewards, placement=plan.reward))
+        started.append(None if plan.reference is None else ReferenceGroup.start(
+            recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, placement=plan.reference))
         started.append(TrainerGroup.start(TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed),
-                                          strategy))
+                                          placement=plan.trainer))
+        engines, scorer, reference, policy = started
+        record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group, "reward": scorer.actor,
+                                   "reference": reference.group if reference else None})
     except BaseException:
         _Actors(*(started + [None] * (4 - len(started))), sync=None).shutdown()
         raise
-    engines, scorer, reference, policy = started
     return _Actors(policy, engines, scorer, reference, WeightSync())
 
 
@@ -156,7 +161,7 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
     log.info("GRPO: %d prompts x %d samples per step, %d steps, run dir %s", recipe.grpo.prompts_per_step,
              recipe.grpo.group_size, recipe.grpo.steps, run.path)
     with connect(recipe.cluster):
-        actors = start_actors(recipe, recipe.grpo.steps)
+        actors = start_actors(recipe, recipe.grpo.steps, run.path)
         try:
             if resumed:
                 actors.policy.load_state(str(resumed.checkpoint))

@@ -1,15 +1,19 @@
 """A group of identical Ray actors on one placement group, with "run on all" and "shard" calls.
 
 The driver talks to a role (trainer ranks, rollout engines, ...) through an ActorGroup, never
-to single actors. Before reserving anything the group checks the cluster has the resources,
-and a placement group that cannot be placed fails with what is missing instead of hanging.
+to single actors. Before reserving anything the group checks the cluster's nodes can host it
+(`check_cluster_fits`: resources that exist nowhere, totals, node labels, one-node strategies),
+and a placement group that still cannot be placed in time fails with what is free instead of
+hanging. Colocated roles share one placement group (`SharedBundles`): actor i of each role
+lands in bundle i, so on GPUs they share the same device(s).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -18,6 +22,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 log = logging.getLogger(__name__)
 
+_EPS = 1e-6  # Ray accounts resources in 1e-4 units; anything below is rounding
+
 
 class PlacementError(RuntimeError):
     """The cluster cannot host a role; the message says which resource is short."""
@@ -25,11 +31,13 @@ class PlacementError(RuntimeError):
 
 @dataclass
 class Resources:
-    """What one actor of a role needs; `custom` pins a role to nodes holding that resource."""
+    """What one actor of a role needs; `custom` (custom resources) and `labels` (node labels)
+    pin a role to the nodes that have them."""
 
     cpus: float = 0.5
     gpus: float = 0.0
     custom: dict[str, float] | None = None
+    labels: dict[str, str] | None = None
 
     def bundle(self) -> dict[str, float]:
         bundle = {"CPU": self.cpus}
@@ -39,18 +47,128 @@ class Resources:
         # Ray rejects empty bundles; a tiny CPU share keeps zero-CPU roles placeable.
         return {k: v for k, v in bundle.items() if v > 0} or {"CPU": 0.01}
 
+    def __add__(self, other: "Resources") -> "Resources":
+        """One bundle holding both (colocation); node labels must agree."""
+        labels = dict(self.labels or {})
+        for key, value in (other.labels or {}).items():
+            if labels.setdefault(key, value) != value:
+                raise PlacementError(f"colocated roles ask for different values of node label '{key}': "
+                                     f"{labels[key]!r} and {value!r}")
+        custom = dict(self.custom or {})
+        for key, value in (other.custom or {}).items():
+            custom[key] = custom.get(key, 0.0) + value
+        return Resources(self.cpus + other.cpus, self.gpus + other.gpus, custom or None, labels or None)
 
-def check_cluster_has(role: str, count: int, resources: Resources) -> None:
-    """Fail before reserving anything when the whole cluster lacks what `count` actors need."""
-    total = ray.cluster_resources()
-    for name, per_actor in resources.bundle().items():
-        need = per_actor * count
-        have = total.get(name, 0.0)
-        if need > have + 1e-9:
-            raise PlacementError(
-                f"{role}: needs {need:g} {name} ({count} x {per_actor:g}) but the Ray cluster has {have:g}; "
-                f"lower the {role} count or its resources in the recipe, or add nodes with {name}"
-            )
+
+@dataclass
+class Demand:
+    """`count` bundles of `resources` placed with `strategy`: what one role asks of the cluster."""
+
+    role: str
+    count: int
+    resources: Resources
+    strategy: str = "PACK"
+
+
+@dataclass
+class NodeInfo:
+    """A live node as placement sees it: total resources and labels."""
+
+    node_id: str
+    resources: dict[str, float]
+    labels: dict[str, str] = field(default_factory=dict)
+    address: str = ""
+
+
+def cluster_nodes() -> list[NodeInfo]:
+    """The live nodes of the connected cluster."""
+    return [NodeInfo(n["NodeID"], dict(n.get("Resources") or {}), dict(n.get("Labels") or {}),
+                     n.get("NodeManagerAddress", ""))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def _fmt(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
+
+
+def _room_for(node: NodeInfo, bundle: dict[str, float]) -> int:
+    """How many copies of `bundle` fit on an empty `node`."""
+    room = math.inf
+    for name, need in bundle.items():
+        room = min(room, math.floor(node.resources.get(name, 0.0) / need + _EPS))
+    return int(room)
+
+
+def find_shortfalls(demands: list[Demand], nodes: list[NodeInfo]) -> list[str]:
+    """Every reason the nodes cannot host the demands, each naming the role and the resource.
+
+    Checked: a resource or label no node has; totals over all roles; each role alone against
+    its strategy (identical bundles, so the per-node room count is exact). Roles competing for
+    the same node are left to the placement-group timeout.
+    """
+    problems: list[str] = []
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for name, amount in node.resources.items():
+            totals[name] = totals.get(name, 0.0) + amount
+    known = sorted(k for k in totals if not k.startswith("node:") and k not in {"memory", "object_store_memory"})
+
+    asked: dict[str, list[Demand]] = {}
+    for demand in demands:
+        for name in demand.resources.bundle():
+            asked.setdefault(name, []).append(demand)
+    for name, users in asked.items():
+        need = sum(d.count * d.resources.bundle()[name] for d in users)
+        if need > totals.get(name, 0.0) + _EPS:
+            parts = ", ".join(f"{d.role} {d.count} x {d.resources.bundle()[name]:g}" for d in users)
+            have = f"the cluster has {totals.get(name, 0.0):g}" if name in totals else "no node has it"
+            problems.append(f"needs {need:g} {name} ({parts}) but {have} (cluster resources: {', '.join(known)})")
+
+    for demand in demands:
+        bundle = demand.resources.bundle()
+        labels = demand.resources.labels or {}
+        eligible = [n for n in nodes if all(n.labels.get(k) == v for k, v in labels.items())]
+        if not eligible:
+            seen = sorted({f"{k}={v}" for n in nodes for k, v in n.labels.items() if not k.startswith("ray.io/")})
+            problems.append(f"{demand.role}: no node carries the labels {labels}; node labels in the cluster: "
+                            f"{', '.join(seen) or 'none'}")
+            continue
+        if any(name not in totals for name in bundle):
+            continue  # already reported as missing everywhere
+        rooms = sorted((_room_for(n, bundle) for n in eligible), reverse=True)
+        where = f" on nodes with labels {labels}" if labels else ""
+        if demand.strategy == "STRICT_PACK" and rooms[0] < demand.count:
+            problems.append(f"{demand.role}: {demand.count} x {_fmt(bundle)} with STRICT_PACK needs one node with "
+                            f"room for all {demand.count}; the largest node{where} has room for {rooms[0]}")
+        elif demand.strategy == "STRICT_SPREAD" and sum(r > 0 for r in rooms) < demand.count:
+            problems.append(f"{demand.role}: {demand.count} x {_fmt(bundle)} with STRICT_SPREAD needs "
+                            f"{demand.count} nodes; only {sum(r > 0 for r in rooms)} node(s){where} fit one")
+        elif sum(rooms) < demand.count:
+            problems.append(f"{demand.role}: {demand.count} x {_fmt(bundle)} do not fit: each must fit on one "
+                            f"node and the nodes{where} have room for {sum(rooms)}")
+    return problems
+
+
+def check_cluster_fits(demands: list[Demand], nodes: list[NodeInfo] | None = None) -> None:
+    """Fail before reserving anything when the cluster cannot host all `demands`."""
+    nodes = cluster_nodes() if nodes is None else nodes
+    problems = find_shortfalls(demands, nodes)
+    if problems:
+        listing = "\n".join(f"  node {n.node_id[:12]} ({n.address}): {_fmt(_visible(n.resources))}" for n in nodes)
+        raise PlacementError(
+            "the Ray cluster cannot host this job:\n" + "\n".join(f"  - {p}" for p in problems)
+            + "\nlower the counts or per-actor resources in the recipe (trainer.*, rollout.*, cluster.placement.*), "
+            f"or add nodes that have them. Nodes:\n{listing}"
+        )
+
+
+def _visible(resources: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in resources.items() if not k.startswith("node:") and "memory" not in k}
+
+
+def check_cluster_has(role: str, count: int, resources: Resources, strategy: str = "PACK") -> None:
+    """Fail before reserving anything when the cluster's nodes cannot host `count` actors."""
+    check_cluster_fits([Demand(role, count, resources, strategy)])
 
 
 def free_port() -> int:
@@ -64,15 +182,57 @@ def node_address() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), free_port()
 
 
+def _reserve(role: str, count: int, resources: Resources, strategy: str, ready_timeout_s: float):
+    """A ready placement group of `count` bundles, or PlacementError saying what is free."""
+    check_cluster_has(role, count, resources, strategy)
+    bundle = resources.bundle()
+    selector = [dict(resources.labels) for _ in range(count)] if resources.labels else None
+    pg = placement_group([dict(bundle) for _ in range(count)], strategy=strategy, bundle_label_selector=selector)
+    try:
+        ray.get(pg.ready(), timeout=ready_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise PlacementError(
+            f"{role}: {count} bundles of {_fmt(bundle)} with strategy {strategy} could not be placed within "
+            f"{ready_timeout_s:.0f}s although the cluster has them in total: other actors or jobs hold them; "
+            f"free now: {_fmt(_visible(ray.available_resources()))} (cluster.ready_timeout_s sets the wait)"
+        ) from None
+    return pg
+
+
+class SharedBundles:
+    """One placement group whose bundle i several roles use together (colocation). Removed when
+    the last group using it shuts down."""
+
+    def __init__(self, role: str, count: int, resources: Resources, strategy: str = "PACK",
+                 ready_timeout_s: float = 60.0) -> None:
+        self.role, self.count, self.resources = role, count, resources
+        self.placement_group = _reserve(role, count, resources, strategy, ready_timeout_s)
+        self.users = 0
+
+    def acquire(self, role: str, count: int):
+        if count > self.count:
+            raise PlacementError(f"{role}: {count} actors cannot share the {self.count} bundles of {self.role}")
+        self.users += 1
+        return self.placement_group
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            remove_placement_group(self.placement_group)
+
+
 class ActorGroup:
     """N actors of one class, one per placement-group bundle, addressed together."""
 
-    def __init__(self, role: str, actors: list, pg, spawn: dict[str, Any] | None = None) -> None:
+    def __init__(self, role: str, actors: list, pg, spawn: dict[str, Any] | None = None,
+                 shared: SharedBundles | None = None) -> None:
         self.role = role
         self.actors = actors
         self.placement_group = pg
         # How start() created the actors (class, resources, options), so restart() can repeat it.
         self._spawn = spawn
+        self._shared = shared
 
     @classmethod
     def start(
@@ -84,23 +244,19 @@ class ActorGroup:
         strategy: str = "PACK",
         ready_timeout_s: float = 60.0,
         init_args: list[tuple] | None = None,
+        shared: SharedBundles | None = None,
         **actor_options: Any,
     ) -> "ActorGroup":
-        """Reserve `count` bundles, then create one actor per bundle (actor i gets init_args[i])."""
-        check_cluster_has(role, count, resources)
-        pg = placement_group([resources.bundle() for _ in range(count)], strategy=strategy)
-        try:
-            ray.get(pg.ready(), timeout=ready_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(pg)
-            raise PlacementError(
-                f"{role}: {count} bundles of {resources.bundle()} with strategy {strategy} could not be "
-                f"placed within {ready_timeout_s:.0f}s; free resources: {ray.available_resources()}"
-            ) from None
+        """Reserve `count` bundles (or use bundles 0..count-1 of `shared`), then create one actor per
+        bundle (actor i gets init_args[i])."""
+        if shared is None:
+            pg = _reserve(role, count, resources, strategy, ready_timeout_s)
+        else:
+            pg = shared.acquire(role, count)
         remote_cls = ray.remote(actor_cls) if not hasattr(actor_cls, "remote") else actor_cls
         spawn = {"remote_cls": remote_cls, "resources": resources, "options": actor_options}
         actors = [_create_actor(spawn, pg, i, init_args[i] if init_args else ()) for i in range(count)]
-        return cls(role, actors, pg, spawn)
+        return cls(role, actors, pg, spawn, shared)
 
     def restart(self, index: int, init_args: tuple = ()):
         """Replace actor `index` (dead or alive) by a new one in the same placement-group bundle.
@@ -130,11 +286,23 @@ class ActorGroup:
         refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, per_actor_args)]
         return ray.get(refs)
 
+    def node_ids(self) -> list[str]:
+        """The Ray node id each actor runs on, in actor order."""
+        return ray.get([actor_node_id(a) for a in self.actors])
+
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        remove_placement_group(self.placement_group)
+        if self._shared is not None:
+            self._shared.release()
+        else:
+            remove_placement_group(self.placement_group)
         self.actors = []
+
+
+def actor_node_id(actor) -> ray.ObjectRef:
+    """ObjectRef of the Ray node id `actor` runs on (works for any actor class)."""
+    return actor.__ray_call__.remote(lambda _self: ray.get_runtime_context().get_node_id())
 
 
 def _create_actor(spawn: dict[str, Any], pg, index: int, init_args: tuple):
@@ -147,3 +315,20 @@ def _create_actor(spawn: dict[str, Any], pg, index: int, init_args: tuple):
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index),
         **spawn["options"],
     ).remote(*init_args)
+
+
+@dataclass
+class Placement:
+    """How one role's group is placed: per-actor resources, strategy, optional shared bundles
+    (colocation), and how long to wait for resources held by others. Built by
+    `rl_pipeline.cluster.plan_grpo` from the recipe; workers' `start` methods accept it."""
+
+    resources: Resources
+    strategy: str = "PACK"
+    shared: SharedBundles | None = None
+    ready_timeout_s: float = 60.0
+
+    def group_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ActorGroup.start."""
+        return {"resources": self.resources, "strategy": self.strategy, "shared": self.shared,
+                "ready_timeout_s": self.ready_timeout_s}

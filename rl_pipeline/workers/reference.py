@@ -45,11 +45,13 @@ class ReferenceGroup:
 
     @classmethod
     def start(cls, model: ModelConfig, replicas: int = 1, cpus: float = 0.25, gpus: float = 0.0,
-              device: str = "auto", strategy: str = "PACK") -> "ReferenceGroup":
-        from rl_pipeline.workers.group import ActorGroup, Resources
+              device: str = "auto", strategy: str = "PACK", placement=None) -> "ReferenceGroup":
+        """`placement` (a group.Placement from rl_pipeline.cluster) overrides cpus, gpus and strategy."""
+        from rl_pipeline.workers.group import ActorGroup, Placement, Resources
 
-        group = ActorGroup.start("reference", ReferenceWorker, replicas, Resources(cpus=cpus, gpus=gpus),
-                                 strategy=strategy, init_args=[(model, device)] * replicas)
+        placement = placement or Placement(Resources(cpus=cpus, gpus=gpus), strategy)
+        group = ActorGroup.start("reference", ReferenceWorker, replicas, init_args=[(model, device)] * replicas,
+                                 **placement.group_kwargs())
         return cls(group)
 
     def add_logprobs(self, samples) -> None:

@@ -344,12 +344,19 @@ class RewardService:
         self.actor = actor
 
     @classmethod
-    def start(cls, config: RewardsConfig, *, name: str | None = None) -> RewardService:
-        """Validate the config, start the actor and its workers, wait until it is ready."""
+    def start(cls, config: RewardsConfig, *, name: str | None = None, placement=None) -> RewardService:
+        """Validate the config, start the actor and its workers, wait until it is ready.
+
+        `placement` (a group.Placement from rl_pipeline.cluster) sets the actor's CPUs, custom
+        resources and node labels (to pin it to nodes); its strategy is unused (one actor)."""
         validate(config)
         config = config.model_copy(update={"functions": [
             s.model_copy(update={"name": _absolute(s.name)}) for s in config.functions]})
-        options = {"name": name} if name else {}
+        options: dict[str, Any] = {"name": name} if name else {}
+        if placement is not None:
+            res = placement.resources
+            options.update(num_cpus=res.cpus, num_gpus=res.gpus, resources=res.custom or None,
+                           label_selector=res.labels or None)
         actor = _RewardServiceActor.options(**options).remote(config)
         ray.get(actor.__ray_ready__.remote())
         return cls(actor)

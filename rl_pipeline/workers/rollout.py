@@ -23,7 +23,7 @@ from typing import Any
 import ray
 
 from rl_pipeline.config import RolloutConfig
-from rl_pipeline.workers.group import ActorGroup, Resources
+from rl_pipeline.workers.group import ActorGroup, Placement, Resources
 from rl_pipeline.workers.vllm_extension import EXTENSION
 
 log = logging.getLogger(__name__)
@@ -196,19 +196,21 @@ class RolloutGroup:
         self.infos: list[dict[str, Any]] = []
 
     @classmethod
-    def start(cls, model_path: str, cfg: RolloutConfig, seed: int = 0, strategy: str = "PACK") -> "RolloutGroup":
-        """Start the engines and wait until every one has loaded the model."""
-        gpus = cfg.gpus_per_engine
-        if gpus is None:
-            gpus = float(cfg.tensor_parallel_size) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        resources = Resources(cpus=cfg.cpus_per_engine, gpus=gpus)
+    def start(cls, model_path: str, cfg: RolloutConfig, seed: int = 0, strategy: str = "PACK",
+              placement: Placement | None = None) -> "RolloutGroup":
+        """Start the engines and wait until every one has loaded the model. `placement` (from
+        rl_pipeline.cluster) overrides strategy and the per-engine resources."""
+        if placement is None:
+            gpus = cfg.gpus_per_engine
+            if gpus is None:
+                gpus = float(cfg.tensor_parallel_size) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+            placement = Placement(Resources(cpus=cfg.cpus_per_engine, gpus=gpus), strategy)
         begin = time.perf_counter()
         actor_group = ActorGroup.start(
             "rollout",
             RolloutEngine,
             cfg.num_engines,
-            resources,
-            strategy=strategy,
+            **placement.group_kwargs(),
             init_args=[(model_path, cfg, seed + i) for i in range(cfg.num_engines)],
             max_restarts=0,  # the group replaces dead engines itself, with the latest weights
         )

@@ -312,16 +312,17 @@ class TrainerGroup:
         self.group = group
 
     @classmethod
-    def start(cls, spec: TrainerSpec, strategy: str = "PACK") -> "TrainerGroup":
+    def start(cls, spec: TrainerSpec, strategy: str = "PACK", placement=None) -> "TrainerGroup":
+        """`placement` (a group.Placement from rl_pipeline.cluster) overrides strategy and resources."""
         import ray
 
-        from rl_pipeline.workers.group import ActorGroup, Resources
+        from rl_pipeline.workers.group import ActorGroup, Placement, Resources
 
         cfg = spec.trainer
         n = cfg.num_ranks
+        placement = placement or Placement(Resources(cpus=cfg.cpus_per_rank, gpus=cfg.gpus_per_rank), strategy)
         group = ActorGroup.start(
-            "trainer", TrainerWorker, n, Resources(cpus=cfg.cpus_per_rank, gpus=cfg.gpus_per_rank),
-            strategy=strategy, init_args=[(rank, n, spec) for rank in range(n)],
+            "trainer", TrainerWorker, n, init_args=[(rank, n, spec) for rank in range(n)], **placement.group_kwargs(),
         )
         addr, port = ray.get(group.actors[0].node_address.remote())  # rank 0 hosts the rendezvous
         group.call_all("setup", addr, port)
