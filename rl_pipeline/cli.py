@@ -158,6 +158,59 @@ def eval_cmd(
         typer.echo(f"{key}: {value:.4f}")
 
 
+@app.command("distill")
+def distill_cmd(
+    recipe: Path = typer.Argument(..., help="recipe YAML with data, rewards and distill sections (rollout optional)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", help="dataset folder (default: distill.output)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete a previous output made by another recipe"),
+) -> None:
+    """R1-style distillation data: the expert answers each problem with and without the system
+    prompt, rewards filter the answers, the kept ones become an SFT dataset. A re-run resumes."""
+    from rl_pipeline.config import InputError
+    from rl_pipeline.pipelines.distill import run_distill
+
+    recipe_obj = _load(recipe, overrides or [])
+    try:
+        result = run_distill(recipe_obj, output=output, overwrite=overwrite)
+    except InputError as exc:
+        _fail(str(exc))
+    stats = result.stats
+    for kind, k in stats["kinds"].items():
+        typer.echo(f"{kind}: kept {k['accepted']} of {k['generated']} samples "
+                   f"(acceptance {k['acceptance_rate']:.3f}, {k['problems_with_accepted']} problems)")
+    if result.empty_reason:
+        typer.echo(f"empty dataset: {result.empty_reason}")
+    typer.echo(f"dataset: {result.output} ({result.rows} rows; stats.json, README.md; "
+               f"train with data.train.path={result.output / 'data'})")
+
+
+@app.command("pipeline")
+def pipeline_cmd(
+    recipe: Path = typer.Argument(..., help="pipeline recipe YAML (prepare, common, stages, report)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name)"),
+) -> None:
+    """Run the stages a pipeline recipe lists (distill, sft, grpo) in one run directory, then
+    evaluate and write report.md + curves.png. Rerunning skips finished stages and resumes."""
+    from rl_pipeline.config import InputError
+    from rl_pipeline.pipelines.pipeline import run_pipeline
+
+    try:
+        out = run_pipeline(recipe, run_dir)
+    except InputError as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="run directory of the demo"),
+) -> None:
+    """The whole story on this machine: base model, expert, distill, SFT, GRPO, report (CPU, no download)."""
+    demo_recipe = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+    pipeline_cmd(demo_recipe, out)
+
+
 def main() -> None:
     try:
         app()

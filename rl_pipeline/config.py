@@ -46,7 +46,8 @@ class DatasetConfig(Section):
     prompt_column: str = "prompt"
     completion_column: str = "completion"
     ground_truth_column: str = "ground_truth"
-    system_prompt: str | None = Field(None, description="prepended as a system turn to prompt-style rows")
+    system_prompt: str | None = Field(None, description="prepended as a system turn to chat rows")
+    chat: bool = Field(False, description="render string prompt/completion rows as a user/assistant chat")
     limit: int | None = Field(None, ge=1, description="use only the first N rows")
 
 

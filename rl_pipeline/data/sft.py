@@ -83,6 +83,10 @@ def tokenize_row(tokenizer, row: dict, fmt: str, spec: DatasetConfig, index: int
         prompt, completion = row[spec.prompt_column], row[spec.completion_column]
         if isinstance(prompt, list):  # conversational prompt/completion, as TRL accepts
             return tokenize_messages(tokenizer, prompt + completion, index)
+        if spec.chat:
+            system = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+            turns = [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(completion)}]
+            return tokenize_messages(tokenizer, system + turns, index)
         return tokenize_prompt_completion(tokenizer, str(prompt), str(completion))
     raise DataError(f"{spec.path}: format '{fmt}' has no completion to train on; SFT needs messages or prompt+completion")
 

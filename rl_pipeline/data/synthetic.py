@@ -1,8 +1,10 @@
 """The demo's synthetic task: arithmetic problems with ground-truth answers, written as normal
 dataset files (jsonl) so every later stage reads them like user data.
 
-Each row: `id`, `prompt` (e.g. "07+45="), `ground_truth` ("52") and `completion` (the plain
-answer, for SFT on the prompt/completion format). Problems are drawn without replacement from
+Each row: `id`, `prompt` (e.g. "07+45="), `ground_truth` ("52"), `completion` (the plain
+answer, for SFT on the prompt/completion format) and `reasoning` (an R1-style worked answer,
+"<think>7+5=12 0+4+1=5</think>52", digit by digit with carries, for training the demo's
+expert; only written for additions). Problems are drawn without replacement from
 the whole problem space, so the train/eval/test splits never share a problem.
 """
 
@@ -34,10 +36,22 @@ def make_problems(count: int, digits: int = 2, ops: str = "+", seed: int = 0) ->
         op = ops[code // (n * n)]
         a, b = divmod(code % (n * n), n)
         answer = OPERATIONS[op](a, b)
-        rows.append(
-            {"prompt": f"{a:0{width}d}{op}{b:0{width}d}=", "ground_truth": str(answer), "completion": str(answer)}
-        )
+        row = {"prompt": f"{a:0{width}d}{op}{b:0{width}d}=", "ground_truth": str(answer), "completion": str(answer)}
+        if op == "+":
+            row["reasoning"] = addition_trace(a, b, width)
+        rows.append(row)
     return rows
+
+
+def addition_trace(a: int, b: int, width: int) -> str:
+    """Column addition from the units up, one "x+y(+carry)=s" per digit, then the answer."""
+    steps, carry = [], 0
+    for i in range(width):
+        x, y = (a // 10**i) % 10, (b // 10**i) % 10
+        total = x + y + carry
+        steps.append(f"{x}+{y}{'+1' if carry else ''}={total}")
+        carry = total // 10
+    return f"<think>{' '.join(steps)}</think>{a + b}"
 
 
 def write_task(
