@@ -5,9 +5,19 @@ One interface, two backends, picked by device in `backend_for`:
   torch.save bytes into Ray's object store (`trainer.export_weights() -> ray.ObjectRef`); every
   engine fetches that one object and loads it through the worker extension
   (`collective_rpc("rlp_load_weights")` -> vLLM's `reload_weights`).
-- GPU (`NcclBackend`): a skeleton. Broadcasting over NCCL through vLLM's own weight-transfer
-  engine (`vllm/distributed/weight_transfer/`), gathering ZeRO-3 shards on the way, is the
-  work of issue 9 (the GPU path); it raises NotImplementedError instead of pretending.
+- GPU, through vLLM's own weight-transfer engines (`vllm.distributed.weight_transfer`, built
+  inside each engine by the worker extension, driven from the trainer's ranks); the layout
+  picks the backend on the first push by comparing GPU UUIDs:
+  - colocated (trainer rank 0 and the engine on the same GPU, `cluster.colocate`):
+    `CudaIpcBackend`. Each rank hands CUDA IPC handles of its bf16 parameters to the engines;
+    the engine maps the trainer's memory and copies from it (zero-copy on the trainer side).
+    The trainer and the engine share the device; vLLM's sleep mode (`RolloutEngine.sleep` /
+    `wake_up`, on for engines given a fraction of a GPU) frees the engine's memory around
+    training.
+  - separated (engines on other GPUs): `NcclBackend`. Trainer rank 0 and every engine worker
+    form one NCCL group (vLLM's StatelessProcessGroup + PyNccl) on the first push; each push
+    broadcasts the weights from rank 0 in packed buffers.
+  Under ZeRO-3 every rank gathers each parameter in turn; rank 0 sends.
 
 The driver calls `WeightSync(device).push(trainer, engines)` after each update and logs the
 returned `sync/seconds` and `sync/bytes`.
@@ -54,28 +64,91 @@ class ObjectStoreBackend:
         }
 
 
+class CudaIpcBackend:
+    """Same GPU: CUDA IPC handles of the trainer's parameters (vLLM's "ipc" engine)."""
+
+    name = "cuda_ipc"
+
+    def push(self, trainer, engines) -> dict[str, float]:
+        import ray
+
+        start = time.perf_counter()
+        handles = list(engines.engines)
+        seconds = trainer.group.call_all("send_weights_ipc", handles)
+        return {"sync/seconds": time.perf_counter() - start, "sync/bytes": float(_weight_bytes(trainer)),
+                "sync/send_seconds": max(seconds)}
+
+
 class NcclBackend:
-    """GPU sync over NCCL through vLLM's weight-transfer engine: not built yet (issue 9)."""
+    """Other GPUs: NCCL broadcast from trainer rank 0 to every engine worker (vLLM's "nccl" engine)."""
 
     name = "nccl"
 
     def __init__(self) -> None:
-        raise NotImplementedError(
-            "weight sync on CUDA (NCCL broadcast through vLLM's weight-transfer engine in "
-            "vllm/distributed/weight_transfer/, gathering ZeRO-3 shards) is the work of issue 9, "
-            "'The GPU path, measured'; until then only the CPU backend (object store + "
-            "reload_weights) exists"
-        )
+        self.connected = False
 
-    def push(self, trainer: WeightExporter, engines: WeightLoader) -> dict[str, float]:  # pragma: no cover
-        raise NotImplementedError("see NcclBackend.__init__")
+    def connect(self, trainer, engines) -> None:
+        """One NCCL group: trainer rank 0 is rank 0, engine i's workers follow (tp ranks each)."""
+        import ray
+
+        from rl_pipeline.workers.group import node_address
+
+        rank0 = trainer.group.actors[0]
+        address, port = ray.get(rank0.node_address.remote())
+        tp = engines.cfg.tensor_parallel_size
+        world = 1 + tp * len(engines.engines)
+        joins = [engine.worker_rpc.remote("rlp_init_transfer", "nccl", {
+            "master_address": address, "master_port": port, "rank_offset": 1 + i * tp, "world_size": world})
+            for i, engine in enumerate(engines.engines)]
+        joins += [actor.init_nccl_sync.remote(address, port, world) for actor in trainer.group.actors]
+        ray.get(joins)  # everyone blocks in the rendezvous until all have joined
+        self.meta = ray.get(rank0.weight_meta.remote())
+        self.connected = True
+        log.info("weight sync: NCCL group of %d ranks at %s:%d (%d tensors, %.1f MB)", world, address, port,
+                 len(self.meta["names"]), self.meta["bytes"] / 1e6)
+
+    def push(self, trainer, engines) -> dict[str, float]:
+        import ray
+
+        if not self.connected:
+            self.connect(trainer, engines)
+        start = time.perf_counter()
+        info = {k: self.meta[k] for k in ("names", "dtype_names", "shapes")} | {"packed": True}
+        receives = [engine.receive_weights.remote("nccl", info) for engine in engines.engines]
+        sends = [actor.send_weights_nccl.remote() for actor in trainer.group.actors]
+        received = ray.get(receives)
+        sent = ray.get(sends)
+        return {"sync/seconds": time.perf_counter() - start, "sync/bytes": float(self.meta["bytes"]),
+                "sync/send_seconds": max(sent), "sync/engine_reload_s_max": max(r["reload_s"] for r in received)}
 
 
-def backend_for(device: str):
-    """The sync backend for engines on `device` ("cpu" or "cuda...")."""
+def _weight_bytes(trainer) -> int:
+    import ray
+
+    cached = getattr(trainer, "_rlp_weight_bytes", None)
+    if cached is None:
+        cached = ray.get(trainer.group.actors[0].weight_meta.remote())["bytes"]
+        trainer._rlp_weight_bytes = cached
+    return cached
+
+
+def same_gpu(trainer, engines) -> bool:
+    """True when trainer rank 0 and engine 0 report the same physical GPU."""
+    import ray
+
+    trainer_gpu = ray.get(trainer.group.actors[0].gpu_uuid.remote())
+    engine_gpu = ray.get(engines.engines[0].worker_rpc.remote("rlp_device_uuid"))[0]
+    return trainer_gpu == engine_gpu
+
+
+def backend_for(device: str, trainer=None, engines=None):
+    """The sync backend for engines on `device` ("cpu" or "cuda..."); on CUDA the layout decides:
+    IPC when trainer rank 0 and engine 0 share a GPU, else NCCL."""
     if device == "cpu":
         return ObjectStoreBackend()
     if device.startswith("cuda"):
+        if trainer is not None and engines is not None and same_gpu(trainer, engines):
+            return CudaIpcBackend()
         return NcclBackend()
     raise ValueError(f"weight sync: unknown engine device {device!r}; expected 'cpu' or 'cuda'")
 
@@ -88,13 +161,14 @@ class WeightSync:
 
     def __init__(self, device: str | None = None) -> None:
         self.device = device
-        self.backend = backend_for(device) if device is not None else None
+        # The CUDA backend depends on where the actors run: picked on the first push.
+        self.backend = backend_for(device) if device == "cpu" else None
         self.pushes = 0
 
     def push(self, trainer: WeightExporter, engines: WeightLoader) -> dict[str, float]:
         if self.backend is None:
-            self.device = engines.device
-            self.backend = backend_for(self.device)
+            self.device = self.device or engines.device
+            self.backend = backend_for(self.device, trainer, engines)
         stats = self.backend.push(trainer, engines)
         self.pushes += 1
         log.info(
@@ -102,3 +176,14 @@ class WeightSync:
             self.pushes, self.backend.name, stats["sync/bytes"] / 1e6, stats["sync/seconds"],
         )
         return stats
+
+
+def logprob_gap(trainer, engines, prompt_ids: list[list[int]], max_tokens: int = 32, seed: int = 0) -> dict:
+    """Sample one completion per prompt, then score it with the trainer: |sampler logprob -
+    trainer logprob| over the sampled tokens (mean and max). Right after a sync this is the
+    precision gap alone (bf16 on GPUs); stale or corrupted weights show up as a large gap."""
+    groups = engines.generate(prompt_ids, n=1, temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=seed)
+    rows = [{"prompt_ids": list(p), "completion_ids": g[0].token_ids} for p, g in zip(prompt_ids, groups)]
+    scored = trainer.score(rows)
+    gaps = [abs(a - b) for g, s in zip(groups, scored) for a, b in zip(g[0].logprobs, s)]
+    return {"gap_mean": sum(gaps) / max(len(gaps), 1), "gap_max": max(gaps, default=0.0), "tokens": len(gaps)}

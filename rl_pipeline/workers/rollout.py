@@ -51,14 +51,30 @@ class Completion:
 
 
 def engine_env(cfg: RolloutConfig, device: str) -> dict[str, str]:
-    """Environment variables vLLM must see before it is imported in the engine actor."""
+    """Environment variables vLLM must see before it is imported in the engine actor.
+
+    This and `engine_kwargs` are the one place that knows vLLM versions and builds: the GPU
+    machine runs the kit's vLLM 0.26.0 (torch 2.11), the `gpu` extra pins 0.33.
+    """
     in_process = cfg.engine_in_process
     if in_process is None:  # several tensor-parallel workers need vLLM's worker processes
-        in_process = device == "cpu" and cfg.tensor_parallel_size == 1
+        # On CUDA too: the forked engine core hung at start-up on the GPU machine (vLLM 0.26,
+        # ../shared/gpu/README.md problem 2); in-process was the only mode that ran there.
+        in_process = cfg.tensor_parallel_size == 1
     # In-process, vLLM's engine core and its single worker live in the actor: no spawned
     # processes to import vLLM again (~1 minute on 2 busy cores), and killing the actor kills
     # the whole engine. vLLM then leaves OpenMP threads unpinned (Ray sets OMP_NUM_THREADS).
-    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if in_process else "1"}
+    if device != "cpu":
+        import importlib.util
+
+        if importlib.util.find_spec("flashinfer") is None:
+            # vLLM's V2 model runner imports flashinfer for its sampler unless told not to
+            # (the GPU kit ships without it).
+            env["VLLM_USE_FLASHINFER_SAMPLER"] = "0"
+        if not in_process:
+            env["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"  # no fork after torch's OpenMP started
+    return env
 
 
 def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -> dict[str, Any]:
@@ -91,6 +107,9 @@ def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -
             kwargs["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        # A fraction of a GPU means sharing it with the trainer (cluster.colocate): vLLM's sleep
+        # mode lets the engine hand its weights and KV cache back while the trainer runs.
+        kwargs["enable_sleep_mode"] = cfg.gpus_per_engine is not None and 0 < cfg.gpus_per_engine < 1
     return kwargs
 
 
@@ -173,6 +192,30 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         worker = results[0]
         return {"seconds": time.perf_counter() - start, "bytes": float(len(blob)), **worker}
+
+
+    # ---- CUDA weight sync and sleep mode (rl_pipeline.weight_sync drives these) ----------------
+    def worker_rpc(self, method: str, *args) -> list:
+        """Run a worker-extension method on every worker of this engine (rank order)."""
+        return self.llm.collective_rpc(method, args=args)
+
+    def receive_weights(self, backend: str, update_info: dict) -> dict[str, float]:
+        """Load weights sent over NCCL or CUDA IPC; forget KV blocks computed with the old ones."""
+        start = time.perf_counter()
+        results = self.llm.collective_rpc("rlp_receive_weights", args=(backend, update_info))
+        self.llm.reset_prefix_cache()
+        return {"seconds": time.perf_counter() - start, **results[0]}
+
+    def sleep(self, level: int = 1) -> float:
+        """vLLM sleep mode: level 1 moves the weights to host memory and drops the KV cache."""
+        start = time.perf_counter()
+        self.llm.sleep(level=level)
+        return time.perf_counter() - start
+
+    def wake_up(self, tags: list[str] | None = None) -> float:
+        start = time.perf_counter()
+        self.llm.wake_up(tags)
+        return time.perf_counter() - start
 
 
 def _completion(out) -> Completion:

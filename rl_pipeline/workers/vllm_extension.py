@@ -6,6 +6,12 @@ args=(blob,))` runs them there. Method names carry the `rlp_` prefix on purpose:
 worker already defines `update_weights` (its NCCL/IPC weight-transfer engines) and a name clash
 aborts engine start-up.
 
+On CUDA the weights do not travel through Ray's object store: `rlp_init_transfer` and
+`rlp_receive_weights` drive vLLM's own weight-transfer engines (`vllm.distributed.weight_transfer`:
+"nccl" broadcasts from the trainer's rank 0 on another GPU, "ipc" maps the trainer's CUDA tensors
+on the same GPU). The engines are built here on demand, so one `vllm.LLM` serves either layout
+without a `weight_transfer_config` fixed at start-up.
+
 This module is imported inside vLLM's worker processes: keep it free of Ray and of anything
 heavy at import time.
 """
@@ -60,6 +66,44 @@ class RolloutWorkerExtension:
         _refresh_tied_lm_head(self.model_runner.model)
         done = time.perf_counter()
         return {"tensors": float(len(state)), "decode_s": decoded - start, "reload_s": done - decoded}
+
+    # ---- CUDA: vLLM's weight-transfer engines ---------------------------------------------
+    def _rlp_transfer_engine(self, backend: str):
+        engines = self.__dict__.setdefault("_rlp_transfer_engines", {})
+        if backend not in engines:
+            from vllm.config.weight_transfer import WeightTransferConfig
+            from vllm.distributed.weight_transfer import WeightTransferEngineFactory
+
+            engines[backend] = WeightTransferEngineFactory.create_engine(
+                WeightTransferConfig(backend=backend), self.vllm_config, self.device, self.model_runner.get_model()
+            )
+        return engines[backend]
+
+    def rlp_init_transfer(self, backend: str, init_info: dict) -> None:
+        """Build vLLM's `backend` ("nccl" | "ipc") transfer engine; for NCCL, join the trainer's
+        group (blocks until the trainer's rank 0 joins too)."""
+        engine = self._rlp_transfer_engine(backend)
+        engine.init_transfer_engine(engine.parse_init_info(dict(init_info)))
+
+    def rlp_receive_weights(self, backend: str, update_info: dict) -> dict[str, float]:
+        """Receive one full set of weights and load it in place (vLLM's layerwise reload)."""
+        import torch
+
+        engine = self._rlp_transfer_engine(backend)
+        start = time.perf_counter()
+        engine.start_weight_update()
+        try:
+            engine.update_weights(dict(update_info))  # receives, loads, synchronizes the device
+        finally:
+            engine.finish_weight_update()
+        torch.cuda.synchronize()
+        return {"reload_s": time.perf_counter() - start, "tensors": float(len(update_info["names"]))}
+
+    def rlp_device_uuid(self) -> str:
+        """The physical GPU of this worker (same UUID as the trainer's: the same device)."""
+        import torch
+
+        return str(torch.cuda.get_device_properties(self.device.index or 0).uuid)
 
     def rlp_ping(self) -> int:
         """The worker's rank: a cheap check that the extension is installed."""

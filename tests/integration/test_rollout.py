@@ -72,7 +72,14 @@ def test_engine_arguments_per_device():
     assert gpu["dtype"] == "bfloat16" and gpu["gpu_memory_utilization"] == 0.4
     assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
     assert "kv_cache_memory_bytes" not in gpu
-    assert engine_env(gpu_cfg, "cuda") == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    env = engine_env(gpu_cfg, "cuda")
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    assert not gpu["enable_sleep_mode"]  # a whole GPU per engine: no sharing, no sleep mode
+    # One GPU per engine process (tensor_parallel_size 1): the engine core runs in the actor, as
+    # on the GPU machine where vLLM 0.26's forked engine core hung; half a GPU turns on sleep mode.
+    shared = RolloutConfig(gpus_per_engine=0.5)
+    assert engine_env(shared, "cuda")["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert engine_kwargs("m", shared, seed=0, device="cuda")["enable_sleep_mode"]
 
 
 def test_engines_start_on_the_cluster(rollout, ray_local):

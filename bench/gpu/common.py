@@ -1,0 +1,138 @@
+"""Shared set-up of the GPU benchmarks (bench/gpu/*.py): models, data, FLOPs, versions.
+
+Models are Qwen2-architecture, random weights, built locally with rl_pipeline.models.tiny and
+its character tokenizer (vocab 128): the parameter count sits in the transformer blocks, so
+speed is what a real 0.5B/1.5B model of that shape gets, minus the LM-head and embedding work a
+150k vocabulary adds (about 0.14 GFLOP/token at 0.5B, ~10%, left out here and in the FLOP count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+import sys
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# name -> TinyModelSpec fields. "0.5b": hidden 1024, 24 layers (0.48B); "1.5b": Qwen2.5-1.5B's blocks (1.31B).
+MODELS = {
+    "0.5b": dict(layers=24, hidden=1024, heads=16, kv_heads=4, intermediate=5632, max_positions=4096),
+    "1.5b": dict(layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960, max_positions=4096),
+}
+# Dense bf16 peak of the card (tensor cores, no sparsity), for MFU.
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def gpu_env() -> None:
+    """The GPU kit's settings (../shared/gpu/README.md), unless the caller set them."""
+    for key, value in {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                       "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                       "NVSHMEM_DISABLE_NVLS": "1", "TOKENIZERS_PARALLELISM": "false",
+                       "HF_HUB_OFFLINE": "1"}.items():
+        os.environ.setdefault(key, value)
+    use_jsonl_loader_without_datasets()
+
+
+def use_jsonl_loader_without_datasets() -> None:
+    """The GPU image has no `datasets`: stand in a jsonl-only `load_dataset` (list of dict rows
+    with `column_names` and `select`), enough for rl_pipeline.data.loading.load_rows."""
+    try:
+        import datasets  # noqa: F401
+        return
+    except ImportError:
+        pass
+
+    class Rows(list):
+        @property
+        def column_names(self) -> list[str]:
+            return list(self[0].keys()) if self else []
+
+        def select(self, indices) -> "Rows":
+            return Rows(self[i] for i in indices)
+
+    def load_dataset(builder, data_files=None, split="train", **_):
+        if builder != "json" or data_files is None:
+            raise ValueError(f"jsonl stand-in for datasets: cannot load {builder!r}")
+        files = [data_files] if isinstance(data_files, str) else data_files
+        return Rows(json.loads(line) for f in files for line in open(f) if line.strip())
+
+    sys.modules["datasets"] = types.SimpleNamespace(load_dataset=load_dataset, __version__="jsonl stand-in")
+
+
+def build_model(work: Path, name: str) -> tuple[Path, int]:
+    """The model folder (built once per work dir) and its parameter count."""
+    from rl_pipeline.models.tiny import TinyModelSpec, build_tiny_model
+
+    out = work / f"model-{name}"
+    if not (out / "config.json").exists():
+        build_tiny_model(out, TinyModelSpec(**MODELS[name]))
+    return out, count_params(out)
+
+
+def count_params(model_dir: Path) -> int:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    per_layer = h * h * 2 + 2 * h * kv + h + 2 * kv + 3 * h * i + 2 * h  # q,o + k,v + biases + mlp + norms
+    return L * per_layer + cfg["vocab_size"] * h + h
+
+
+def train_flops_per_token(model_dir: Path, params: int, seq_len: int) -> float:
+    """6N (forward + backward of the weights) + causal attention 6 * layers * hidden * seq_len."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return 6 * params + 6 * cfg["num_hidden_layers"] * cfg["hidden_size"] * seq_len
+
+
+def peak_flops() -> tuple[str, float | None]:
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    return name, next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def write_text_task(path: Path, rows: int, length: int, seed: int = 0) -> Path:
+    """prompt/completion jsonl of random letters: 16-char prompts, completions filling `length`
+    tokens (the character tokenizer: one token per character, plus chat markers)."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    letters = string.ascii_lowercase + " "
+    with path.open("w") as f:
+        for _ in range(rows):
+            prompt = "".join(rng.choices(letters, k=16))
+            completion = "".join(rng.choices(letters, k=length - 24))
+            f.write(json.dumps({"prompt": prompt, "completion": completion, "ground_truth": ""}) + "\n")
+    return path
+
+
+def random_prompts(count: int, length: int, seed: int = 0) -> list[list[int]]:
+    """Token-id prompts over the tokenizer's letters (ids 20-100 of the character vocabulary)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(20, 100) for _ in range(length)] for _ in range(count)]
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    import torch
+
+    out = [f"torch {torch.__version__}"]
+    for name in ("vllm", "deepspeed", "ray", "transformers"):
+        try:
+            out.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            out.append(f"{name} -")
+    return ", ".join(out)
+
+
+def header(title: str) -> None:
+    import datetime
+
+    name, _ = peak_flops()
+    print(f"# {title}\n# GPU: {name}; {versions()}; {datetime.date.today()}\n# command: "
+          f"python {' '.join(sys.argv)}", flush=True)
