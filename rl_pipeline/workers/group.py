@@ -20,6 +20,8 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rl_pipeline.config import InputError
+
 log = logging.getLogger(__name__)
 
 _EPS = 1e-6  # Ray accounts resources in 1e-4 units; anything below is rounding
@@ -27,6 +29,11 @@ _EPS = 1e-6  # Ray accounts resources in 1e-4 units; anything below is rounding
 
 class PlacementError(RuntimeError):
     """The cluster cannot host a role; the message says which resource is short."""
+
+
+class ClusterShortfall(PlacementError, InputError):
+    """Found before any actor starts: the recipe asks for more than the cluster's nodes have.
+    An InputError too, so `rlp` reports it as a one-line error like a bad recipe."""
 
 
 @dataclass
@@ -155,7 +162,7 @@ def check_cluster_fits(demands: list[Demand], nodes: list[NodeInfo] | None = Non
     problems = find_shortfalls(demands, nodes)
     if problems:
         listing = "\n".join(f"  node {n.node_id[:12]} ({n.address}): {_fmt(_visible(n.resources))}" for n in nodes)
-        raise PlacementError(
+        raise ClusterShortfall(
             "the Ray cluster cannot host this job:\n" + "\n".join(f"  - {p}" for p in problems)
             + "\nlower the counts or per-actor resources in the recipe (trainer.*, rollout.*, cluster.placement.*), "
             f"or add nodes that have them. Nodes:\n{listing}"
@@ -254,13 +261,17 @@ class ActorGroup:
         else:
             pg = shared.acquire(role, count)
         remote_cls = ray.remote(actor_cls) if not hasattr(actor_cls, "remote") else actor_cls
-        spawn = {"remote_cls": remote_cls, "resources": resources, "options": actor_options}
+        spawn = {"remote_cls": remote_cls, "resources": resources, "options": actor_options,
+                 "ready_timeout_s": ready_timeout_s}
         actors = [_create_actor(spawn, pg, i, init_args[i] if init_args else ()) for i in range(count)]
         return cls(role, actors, pg, spawn, shared)
 
     def restart(self, index: int, init_args: tuple = ()):
         """Replace actor `index` (dead or alive) by a new one in the same placement-group bundle.
 
+        Waits until the new actor is up (its __init__ done), at most the group's ready timeout:
+        when the bundle's node died and no live node can host the bundle again (a pinned role
+        whose only node is gone), this raises PlacementError instead of waiting forever.
         Returns the new actor handle; the caller re-initialises its state (weights, ...).
         """
         if self._spawn is None:
@@ -269,8 +280,23 @@ class ActorGroup:
             ray.kill(self.actors[index], no_restart=True)
         except Exception:  # already dead: nothing to kill
             pass
-        self.actors[index] = _create_actor(self._spawn, self.placement_group, index, init_args)
-        return self.actors[index]
+        actor = _create_actor(self._spawn, self.placement_group, index, init_args)
+        timeout = self._spawn.get("ready_timeout_s", 60.0)
+        ready, _ = ray.wait([actor.__ray_ready__.remote()], timeout=timeout)
+        if not ready:
+            ray.kill(actor, no_restart=True)
+            state = ray.util.placement_group_table(self.placement_group).get("state", "unknown")
+            bundle = self._spawn["resources"].bundle()
+            why = ("its node died and no live node can host the bundle again" if state == "RESCHEDULING"
+                   else "the bundle's node is busy or the actor's start-up is slow; raise cluster.ready_timeout_s")
+            raise PlacementError(
+                f"{self.role}: the replacement of actor {index} did not start within {timeout:.0f}s: {why} "
+                f"(bundle {_fmt(bundle)}, placement group {state}). "
+                f"Live nodes: {'; '.join(_fmt(_visible(n.resources)) for n in cluster_nodes())}"
+            )
+        ray.get(ready[0])  # raises if __init__ failed
+        self.actors[index] = actor
+        return actor
 
     def __len__(self) -> int:
         return len(self.actors)

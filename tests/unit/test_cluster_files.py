@@ -164,6 +164,7 @@ def test_slurm_script_starts_head_then_workers_then_submits(slurm_stubs, tmp_pat
     assert submit.endswith(f"-- /opt/venv/bin/rlp grpo recipes/grpo_two_node.yaml output_dir={tmp_path}/runs "
                            "grpo.steps=5")
     assert "Ray nodes alive: 3 of 3" in result.stdout
+    assert "ray get-auth-token --generate" in calls  # token auth on, and no token in the (stub) home yet
 
 
 def test_slurm_script_fails_when_the_job_fails_and_without_arguments(slurm_stubs):
