@@ -58,8 +58,8 @@ def task_dir(tmp_path_factory) -> Path:
 
 
 # SFT steps that leave the tiny model partly able to add (about 10-40% held-out greedy
-# accuracy on this machine): learning is a sharp phase transition around steps 300-450.
-PARTLY_TRAINED_SFT_STEPS = 450
+# accuracy on this machine): learning is a sharp phase transition around steps 400-550.
+PARTLY_TRAINED_SFT_STEPS = 500
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,12 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_load(path):
+    if "stages" in yaml.safe_load(path.read_text()):  # a pipeline recipe: every stage must load
+        from rl_pipeline.pipelines.pipeline import load_plan
+
+        plan = load_plan(path, "/tmp/run")
+        assert plan.stages and all(stage.recipe.model.path for stage in plan.stages)
+        return
     recipe = load_recipe(path)
     assert recipe.model.path
 

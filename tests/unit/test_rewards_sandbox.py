@@ -72,9 +72,8 @@ def no_sandbox_processes_before():
 
 
 def test_infinite_loop_is_stopped_by_the_cpu_limit():
-    start = time.monotonic()
     assert score("while True:\n    pass\nprint('done')", "", "done") == 0.0
-    assert time.monotonic() - start < 3.5  # cpu_s=1 (hard limit 2 s), well before the 4 s wall limit
+    # The CPU limit, not the wall timer, ends it: SIGXCPU, and no timeout recorded.
     result = sandbox.run_python("while True:\n    pass", limits=sandbox.SandboxLimits(cpu_s=1, wall_s=10))
     assert result.returncode == 128 + 24 and not result.timed_out  # SIGXCPU
 

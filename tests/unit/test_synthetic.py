@@ -45,7 +45,7 @@ def test_task_dir_answers_are_correct(task_dir):
 def test_task_files_load_as_user_data(task_dir):
     spec = DatasetConfig(path=str(task_dir / "test.jsonl"))
     ds = load_rows(spec, key="data.eval")
-    assert len(ds) == 64
+    assert len(ds) == 100
     assert detect_format(spec, ds.column_names) == "prompt_completion"
     assert detect_format(DatasetConfig(path=spec.path, format="prompt"), ds.column_names) == "prompt"
 

@@ -1,0 +1,112 @@
+"""`rlp pipeline` as a user runs it: the demo recipe, shrunk to a few minutes, through the CLI.
+
+Checks that the stages ran in order, report.md holds numbers for base/sft/grpo, curves.png and
+the metrics files exist; then that Ctrl-C (SIGINT) mid-GRPO stops cleanly (no Ray or vLLM
+process of the run left, no half-written stage) and rerunning the same command finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_pipeline.tracking import read_metrics
+
+RLP = str(Path(sys.executable).with_name("rlp"))
+DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+ORDER = ["base", "expert", "distill", "sft", "grpo"]
+
+
+def small_demo(tmp_path: Path) -> Path:
+    """The demo recipe with every stage cut to seconds (numbers are meaningless, the flow is not)."""
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["prepare"]["task"].update(train=600, eval=16, test=16)
+    steps = {"base": 6, "expert": 6, "sft": 4}
+    for stage in raw["stages"]:
+        recipe = stage["recipe"]
+        if stage["name"] in steps:
+            recipe["sft"]["max_steps"] = steps[stage["name"]]
+            recipe["trainer"]["micro_batch_size"] = 16
+        if stage["kind"] == "distill":
+            recipe["data"]["train"]["limit"] = 16
+            recipe["rollout"]["max_tokens"] = 12
+            recipe["distill"]["threshold"] = 0.0  # keep everything: an untrained expert is never right
+        if stage["kind"] == "grpo":
+            recipe["grpo"].update(steps=6, prompts_per_step=4, group_size=4, eval_every=3, save_every=2)
+            recipe["rollout"]["max_tokens"] = 12
+    raw["report"]["recipe"]["rollout"]["max_tokens"] = 12
+    path = tmp_path / "demo_small.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+RAY_OR_VLLM = re.compile(r"raylet|gcs_server|ray::|dashboard|vllm|EngineCore")
+
+
+def ray_and_vllm_pids() -> set[int]:
+    """Pids of Ray and vLLM processes on this machine (CI runs nothing else of the kind)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split(None, 1)[0]) for line in out.splitlines() if RAY_OR_VLLM.search(line)}
+
+
+@pytest.mark.slow
+def test_pipeline_runs_stages_in_order_and_reports(tmp_path):
+    recipe, run_dir = small_demo(tmp_path), tmp_path / "demo"
+    proc = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    starts = [m.group(1) for m in re.finditer(r"stage (\w+) \(\w+\): starting", proc.stderr)]
+    assert starts == ORDER
+    for name in ORDER:
+        assert (run_dir / name / "STAGE_DONE.json").exists(), name
+    report = (run_dir / "report.md").read_text()
+    for label in ("base", "sft", "grpo"):
+        row = re.search(rf"^\| {label} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", report, re.M)
+        assert row, f"no numeric row for {label} in report.md:\n{report}"
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    grpo_rows = read_metrics(run_dir / "grpo" / "metrics.jsonl")
+    assert [r["step"] for r in grpo_rows] == list(range(0, 7))
+    assert any((run_dir / "grpo" / "tensorboard").iterdir())
+
+    again = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already finished, skipped") == len(ORDER)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_grpo_stops_cleanly_and_rerun_finishes(tmp_path):
+    recipe, run_dir = small_demo(tmp_path), tmp_path / "demo"
+    raw = yaml.safe_load(recipe.read_text())
+    raw["stages"][-1]["recipe"]["grpo"]["steps"] = 40
+    recipe.write_text(yaml.safe_dump(raw))
+    before = ray_and_vllm_pids()
+    proc = subprocess.Popen([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = run_dir / "grpo" / "checkpoints" / "latest"
+    deadline = time.time() + 1200
+    while not latest.exists() and time.time() < deadline:
+        assert proc.poll() is None, "the pipeline ended before GRPO checkpointed"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+    assert proc.wait(timeout=120) != 0
+    deadline = time.time() + 30  # Ray takes a few seconds to reap its workers
+    while (left := ray_and_vllm_pids() - before) and time.time() < deadline:
+        time.sleep(1)
+    assert not left, f"Ray/vLLM processes of the interrupted run are still alive: {sorted(left)}"
+    assert not (run_dir / "grpo" / "STAGE_DONE.json").exists()
+    assert not list(run_dir.rglob("*.tmp")), "a half-written file was left behind"
+
+    again = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
+                           capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    steps = [r["step"] for r in read_metrics(run_dir / "grpo" / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
