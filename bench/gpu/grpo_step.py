@@ -63,7 +63,7 @@ def main() -> None:
         "grpo": {"steps": args.steps, "prompts_per_step": args.prompts, "group_size": args.group, "kl_coef": 0.0,
                  "seed": 0},
         "rewards": {"functions": [{"name": f"{Path(__file__).resolve()}:letter_share"}]},
-        "cluster": {"colocate": True},
+        "cluster": {"colocate": False},  # half a GPU each in separate bundles: the same device
         "tracking": {"tensorboard": False},
     })
     result = train_grpo(recipe, run_dir=work / "grpo-run")

@@ -146,12 +146,15 @@ def check_distill_inputs(recipe: Recipe, output: str | Path | None = None) -> Di
         raise InputError(f"data.max_length ({recipe.data.max_length}) leaves no room for prompts after "
                          f"rollout.max_tokens ({rollout.max_tokens})")
     tokenizer = load_tokenizer(d.expert)
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(f"distill.expert: the tokenizer of '{d.expert}' has no chat template; the dataset is "
+                         "chat `messages`, so the expert must be a chat model")
     prompts = load_prompts(spec, tokenizer, "data.train", max_prompt, need_ground_truth=d.require_ground_truth)
     if d.id_column is not None and d.id_column not in prompts[0].columns:
         columns = [spec.prompt_column, *prompts[0].columns]
         raise DataError(f"data.train: column '{d.id_column}' (distill.id_column) not found in {spec.path}; "
                         f"columns are: {', '.join(columns)}")
-    problems, too_long, first_row = [], len(prompts), {}
+    problems, first_row = [], {}
     for p in prompts:
         pid = str(p.row if d.id_column is None else p.columns[d.id_column])
         if pid in first_row:
@@ -168,7 +171,7 @@ def check_distill_inputs(recipe: Recipe, output: str | Path | None = None) -> Di
             if len(ids["expert"]) > max_prompt:
                 continue
         problems.append(Problem(pid, p.text, p.columns, {k: heads[k] for k in d.kinds}, {k: ids[k] for k in d.kinds}))
-    too_long = too_long - len(problems)
+    too_long = len(prompts) - len(problems)
     if not problems:
         raise DataError("data.train: every prompt with distill.system_prompt is longer than "
                         f"{max_prompt} tokens (data.max_length - rollout.max_tokens); raise data.max_length")

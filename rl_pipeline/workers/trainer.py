@@ -73,8 +73,10 @@ def deepspeed_config(cfg: TrainerConfig, device: str, world_size: int) -> dict:
                 "betas": list(cfg.betas),
                 "eps": cfg.eps,
                 "weight_decay": cfg.weight_decay,
-                # DeepSpeed's fused Adam kernels are CUDA-only.
-                "torch_adam": device == "cpu",
+                # torch's AdamW everywhere: DeepSpeed's fused Adam is CUDA-only and JIT-built with
+                # nvcc at start-up, which failed on the H100 machine (DeepSpeed 0.19.8 cannot parse
+                # torch's arch "9.0a"); torch's multi-tensor AdamW needs no build.
+                "torch_adam": True,
             },
         },
         "zero_optimization": zero,

@@ -111,7 +111,7 @@ def test_two_grpo_steps_on_one_gpu(gpu_ray, small_model, tmp_path):
         "rollout": {"max_tokens": 48, "gpus_per_engine": 0.5, "gpu_memory_utilization": 0.2, "max_model_len": 96},
         "grpo": {"steps": 2, "prompts_per_step": 8, "group_size": 4, "kl_coef": 0.0},
         "rewards": {"functions": [{"name": f"{__file__}:letter_share"}]},
-        "cluster": {"colocate": True},
+        "cluster": {"colocate": False},  # half a GPU each in separate bundles: the same device
         "tracking": {"tensorboard": False},
     })
     result = train_grpo(recipe, run_dir=tmp_path / "run")
