@@ -2,8 +2,9 @@
 
     python bench/gpu/grpo_step.py [--model 0.5b] [--steps 4] [--warmup 1] [--prompts 32] [--group 8] [--max-tokens 256]
 
-train_grpo as users run it, colocated on one GPU (cluster.colocate: trainer rank and vLLM
-engine share the device, half each in Ray; engine gpu_memory_utilization 0.3), weights synced
+train_grpo as users run it, colocated on one GPU (trainer rank and vLLM engine share the device,
+half a GPU each in Ray, separate bundles: cluster.colocate=true asked the cluster check for 2 GPUs
+on the H100, see BENCHMARKS.md; engine gpu_memory_utilization 0.3), weights synced
 by CUDA IPC after every step, ZeRO-2 bf16, micro batch 32, no reference model (kl_coef 0),
 prompts of 16 random letters in the chat template, temperature 1.0, reward = share of letters
 a-m in the completion (`letter_share` below: cheap, never flat on a random model). Phases are

@@ -47,8 +47,9 @@ def run_rlp(work: Path, args) -> dict:
     from rl_pipeline.pipelines.sft import train_sft
 
     t0 = time.perf_counter()
-    train_sft(recipe(work, args), run_dir=work / "rlp-sft")
-    rows = [json.loads(line) for line in (work / "rlp-sft" / "metrics.jsonl").read_text().splitlines()]
+    run_dir = work / f"rlp-sft-{args.model}-{time.strftime('%H%M%S')}"
+    train_sft(recipe(work, args), run_dir=run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "tokens_per_s" in r]
     steady = rows[args.warmup:]
     tokens = sum(r["tokens_per_s"] * r["step_seconds"] for r in steady)

@@ -321,7 +321,8 @@ class TrainerWorker:
         from rl_pipeline.models.logprobs import sequence_logprobs
 
         self.engine.eval()
-        samples = [{"input_ids": ids, "loss_mask": [0] * len(ids)} for r in rows for ids in [r["prompt_ids"] + r["completion_ids"]]]
+        sequences = [r["prompt_ids"] + r["completion_ids"] for r in rows]
+        samples = [{"input_ids": ids, "loss_mask": [0] * len(ids)} for ids in sequences]
         batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
         logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"])
         logp = logp.float().cpu()
