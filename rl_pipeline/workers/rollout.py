@@ -151,6 +151,11 @@ class RolloutEngine:
 
         start = time.perf_counter()
         self.llm = LLM(**engine_kwargs(model_path, cfg, seed, self.device))
+        # vLLM's first generate call warms up (seconds on the CPU); do it here so it counts as
+        # start-up, not as the first GRPO step's generation time.
+        from vllm import SamplingParams, TokensPrompt
+
+        self.llm.generate([TokensPrompt(prompt_token_ids=[0, 1])], SamplingParams(max_tokens=2), use_tqdm=False)
         self.start_s = time.perf_counter() - start
 
     def info(self) -> dict[str, Any]:
