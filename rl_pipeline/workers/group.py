@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,23 +281,36 @@ class ActorGroup:
             ray.kill(self.actors[index], no_restart=True)
         except Exception:  # already dead: nothing to kill
             pass
-        actor = _create_actor(self._spawn, self.placement_group, index, init_args)
         timeout = self._spawn.get("ready_timeout_s", 60.0)
-        ready, _ = ray.wait([actor.__ray_ready__.remote()], timeout=timeout)
-        if not ready:
-            ray.kill(actor, no_restart=True)
-            state = ray.util.placement_group_table(self.placement_group).get("state", "unknown")
-            bundle = self._spawn["resources"].bundle()
-            why = ("its node died and no live node can host the bundle again" if state == "RESCHEDULING"
-                   else "the bundle's node is busy or the actor's start-up is slow; raise cluster.ready_timeout_s")
-            raise PlacementError(
-                f"{self.role}: the replacement of actor {index} did not start within {timeout:.0f}s: {why} "
-                f"(bundle {_fmt(bundle)}, placement group {state}). "
-                f"Live nodes: {'; '.join(_fmt(_visible(n.resources)) for n in cluster_nodes())}"
-            )
-        ray.get(ready[0])  # raises if __init__ failed
-        self.actors[index] = actor
-        return actor
+        deadline = time.monotonic() + timeout
+        while True:
+            actor = _create_actor(self._spawn, self.placement_group, index, init_args)
+            ready, _ = ray.wait([actor.__ray_ready__.remote()], timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                ray.kill(actor, no_restart=True)
+                break
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError as err:
+                if err.actor_init_failed:
+                    raise  # its __init__ raised: not a placement problem
+                # Placed on a node that died before the actor started (Ray had not noticed the
+                # death yet): try again while Ray moves the bundle, if some node can take it.
+                log.warning("%s: replacement of actor %d lost its node before starting; retrying", self.role, index)
+                if time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                break
+            self.actors[index] = actor
+            return actor
+        state = ray.util.placement_group_table(self.placement_group).get("state", "unknown")
+        why = ("its node died and no live node can host the bundle again" if state == "RESCHEDULING"
+               else "the bundle's node is busy or the actor's start-up is slow; raise cluster.ready_timeout_s")
+        raise PlacementError(
+            f"{self.role}: the replacement of actor {index} did not start within {timeout:.0f}s: {why} "
+            f"(bundle {_fmt(self._spawn['resources'].bundle())}, placement group {state}). "
+            f"Live nodes: {'; '.join(_fmt(_visible(n.resources)) for n in cluster_nodes())}"
+        )
 
     def __len__(self) -> int:
         return len(self.actors)
