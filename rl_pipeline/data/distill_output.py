@@ -2,11 +2,15 @@
 
 Layout of `distill.output`:
 
-    data/part-00000.jsonl      kept rows of problem shard 0 (or .parquet); none for an empty shard
+    data/train-00000.jsonl     kept rows of problem shard 0 (or .parquet); none for an empty shard
     .distill/recipe.yaml       what made the folder (a resumed run must match it)
     .distill/shard-00000.done  JSON counts of shard 0, written after its data file: shard 0 is done
     stats.json                 the sums over every shard (written at the end)
-    README.md                  dataset card; its YAML header lets `datasets.load_dataset(folder)` work
+    README.md                  dataset card
+
+`datasets.load_dataset(folder)` finds the `train` split by the file names (`data/train-*`), so
+stats.json is not read as data. (A `configs:` block in the card would do the same, but the
+library then caches every folder of the same name under one key and serves stale rows.)
 
 A shard's data file goes to a hidden temp name first and is renamed; its `.done` marker follows
 the same way. A restart keeps exactly the shards with a marker and redoes the others (a data file
@@ -82,7 +86,7 @@ class ShardStore:
         return store
 
     def shard_name(self, index: int) -> str:
-        return f"part-{index:05d}.{self.fmt}"
+        return f"train-{index:05d}.{self.fmt}"
 
     def done(self) -> dict[int, dict[str, Any]]:
         """Counts of every finished shard, by index."""
@@ -97,8 +101,8 @@ class ShardStore:
         removed = []
         for path in list(self.data_dir.iterdir()) + list(self.state_dir.glob(".*.tmp")):
             name = path.name
-            is_part = name.startswith("part-") and not name.startswith(".")
-            if name.endswith(".tmp") or (is_part and int(name.split("-")[1].split(".")[0]) not in finished):
+            is_shard = name.startswith("train-")
+            if name.endswith(".tmp") or (is_shard and int(name.split("-")[1].split(".")[0]) not in finished):
                 path.unlink()
                 removed.append(name)
         return removed
@@ -123,7 +127,7 @@ class ShardStore:
             dataset.to_json(str(path), lines=True, force_ascii=False)
 
     def data_files(self) -> list[Path]:
-        return sorted(self.data_dir.glob(f"part-*.{self.fmt}"))
+        return sorted(self.data_dir.glob(f"train-*.{self.fmt}"))
 
     def finish(self, stats: dict[str, Any], card: str) -> None:
         _atomic_write_text(self.root / "stats.json", json.dumps(stats, indent=2) + "\n")
@@ -136,9 +140,7 @@ def dataset_card(stats: dict[str, Any], fmt: str) -> str:
     kinds = stats["kinds"]
     lines = [
         "---",
-        "configs:",
-        "- config_name: default",
-        f"  data_files: {DATA_DIR}/*.{fmt}",
+        "tags: [rlp-distill, distillation, rejection-sampling]",
         "---",
         f"# Distillation data from {stats['expert']}",
         "",

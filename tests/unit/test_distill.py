@@ -90,12 +90,12 @@ def test_shards_resume_only_finished_work(tmp_path):
     store.write_shard(0, [row], {"problems": 1})
     store.write_shard(1, [], {"problems": 1})  # nothing kept: a marker, no data file
     # A killed run's leftovers: a data file without its marker and a temp file.
-    (store.data_dir / "part-00002.jsonl").write_text("{}\n")
-    (store.data_dir / ".part-00003.jsonl.tmp").write_text("{")
+    (store.data_dir / "train-00002.jsonl").write_text("{}\n")
+    (store.data_dir / ".train-00003.jsonl.tmp").write_text("{")
     again = ShardStore.open(tmp_path / "out", "jsonl", ["math"], "fingerprint-a")
-    assert sorted(again.clean_unfinished()) == [".part-00003.jsonl.tmp", "part-00002.jsonl"]
+    assert sorted(again.clean_unfinished()) == [".train-00003.jsonl.tmp", "train-00002.jsonl"]
     assert sorted(again.done()) == [0, 1]
-    assert [p.name for p in again.data_files()] == ["part-00000.jsonl"]
+    assert [p.name for p in again.data_files()] == ["train-00000.jsonl"]
     assert json.loads(again.data_files()[0].read_text())["rewards"] == {"math": None}
     with pytest.raises(InputError, match="different recipe"):
         ShardStore.open(tmp_path / "out", "jsonl", ["math"], "fingerprint-b")
@@ -175,3 +175,17 @@ def test_duplicate_problem_ids_are_refused(distill_yaml, tmp_path):
         f.write(json.dumps({"id": "p1", "prompt": "9+9=", "ground_truth": "18"}) + "\n")
     with pytest.raises(InputError, match="problem id 'p1' .* rows 1 and 4"):
         check_distill_inputs(load_recipe(path))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_load_dataset_reads_the_folder_as_the_train_split(tmp_path, fmt):
+    from datasets import load_dataset
+
+    store = ShardStore.open(tmp_path / "out", fmt, ["math"], "f")
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "problem_id": "1",
+           "kind": "expert", "sample": 0, "reward": 1.0, "rewards": {"math": 1.0}, "response_tokens": 1, "expert": "x"}
+    store.write_shard(0, [row, {**row, "sample": 1}], {})
+    store.write_shard(1, [row], {})
+    store.finish({"rows": 3}, "# card\n")  # stats.json beside the shards must not be read as rows
+    loaded = load_dataset(str(store.root), cache_dir=str(tmp_path / "cache"))
+    assert list(loaded) == ["train"] and len(loaded["train"]) == 3
