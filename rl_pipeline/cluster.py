@@ -103,6 +103,8 @@ def plan_grpo(recipe: Recipe, nodes: list[NodeInfo] | None = None) -> GRPOPlacem
     )
     demands = plan.demands(recipe)
     if c.colocate:
+        # The shared bundles replace the trainer's and the engines' own (not yet attached above).
+        demands = [d for d in demands if d.role not in ("trainer", "rollout")]
         demands.insert(0, Demand("trainer+rollout (colocated)", t.num_ranks, trainer + rollout, plan.trainer.strategy))
     check_cluster_fits(demands, nodes)
     if c.colocate:
