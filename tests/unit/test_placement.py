@@ -144,13 +144,3 @@ def test_colocated_bundle_is_the_sum_of_both_roles():
     with pytest.raises(PlacementError, match="node label 'zone'"):
         _ = Resources(labels={"zone": "a"}) + Resources(labels={"zone": "b"})
 
-
-def test_colocation_on_one_gpu_asks_only_for_the_shared_bundles(ray_local):  # the shared bundles are a Ray object
-    # Trainer 0.5 GPU + engine 0.5 GPU share one bundle of 1 GPU; counting the roles' own bundles
-    # as well asked for 2 GPUs and refused a one-GPU node (seen on the H100 machine).
-    one_gpu = NodeInfo("d" * 56, {"CPU": 8.0, "GPU": 1.0}, {}, "10.0.0.4")
-    raw = recipe(colocate=True)
-    raw["trainer"]["gpus_per_rank"] = 0.5
-    raw["rollout"]["gpus_per_engine"] = 0.5
-    plan = plan_grpo(parse_recipe(raw), [one_gpu])
-    assert plan.trainer.shared is plan.rollout.shared is not None
