@@ -9,7 +9,7 @@ kinds (with and without the system prompt), n samples each. The pipeline run is 
 (what `rlp distill` calls) after a warm-up run, with engines already started: it includes
 input checks, the math reward service, curation and writing the jsonl shards (every sample is
 kept, so every row is written). The bare engine gets the same prompt token ids, the same
-sampling settings and per-prompt seeds, the engine actor's constructor arguments, and
+sampling settings (no per-request seeds, distill's default), the engine actor's constructor arguments, and
 OMP_NUM_THREADS=1 as Ray gives the actor (without it, OpenMP threads fight on a busy machine
 and it runs ~10x slower). Numbers on a shared 2-core machine are noisy: the load average is
 printed beside them.
@@ -84,7 +84,10 @@ def main() -> None:
         actors.shutdown()
         rates[f"pipeline{engines}"] = samples / wall
         rows.append((f"pipeline, {engines} engine(s): {samples} samples, {result.rows} rows written",
-                     f"{samples / wall:,.1f} samples/s ({wall:.1f} s; loop {result.stats['run']['samples_per_s']:,.1f}/s)"))
+                     f"{samples / wall:,.1f} samples/s ({wall:.1f} s)"))
+        run = result.stats["run"]
+        rows.append((f"pipeline, {engines} engine(s): driver waits for engines / scores + writes",
+                     f"{run['wait_for_generation_s']:.1f} s / {run['score_and_write_s']:.1f} s"))
     ray.shutdown()
 
     # The bare engine: the same prompts (both kinds, shard by shard in one call), sampling and seeds.
@@ -97,16 +100,14 @@ def main() -> None:
     llm = LLM(**engine_kwargs(model, cfg, 0, "cpu"))
     prompts = [TokensPrompt(prompt_token_ids=p.prompt_ids[kind]) for kind in d.kinds for p in inputs.problems]
 
-    def params(seed: int) -> SamplingParams:
-        return SamplingParams(n=args.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                              seed=seed, logprobs=0, include_stop_str_in_output=True)
-
-    llm.generate(prompts[: args.shard_size], [params(i) for i in range(args.shard_size)], use_tqdm=False)  # warm-up
+    params = SamplingParams(n=args.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                            logprobs=0, include_stop_str_in_output=True)  # what RolloutEngine.generate asks
+    llm.generate(prompts[: args.shard_size], params, use_tqdm=False)  # warm-up
     for label, batch in (("bare vllm.LLM.generate, one call", len(prompts)), ("bare, shard-sized calls", 2 * args.shard_size)):
         begin = time.perf_counter()
         for start in range(0, len(prompts), batch):
             chunk = prompts[start:start + batch]
-            llm.generate(chunk, [params((start + j) * args.n) for j in range(len(chunk))], use_tqdm=False)
+            llm.generate(chunk, params, use_tqdm=False)
         wall = time.perf_counter() - begin
         rates[label] = samples / wall
         rows.append((f"{label}: {samples} samples", f"{samples / wall:,.1f} samples/s ({wall:.1f} s)"))

@@ -255,14 +255,14 @@ def run_distill(recipe: Recipe, output: str | Path | None = None, overwrite: boo
              len(inputs.problems), len(shards), len(shards) - len(todo), len(d.kinds), d.samples_per_prompt,
              inputs.output)
     start = time.perf_counter()
-    generated_now, loop_s = 0, 0.0
+    generated_now, loop_s, timing = 0, 0.0, {}
     if todo:
         with connect(recipe.cluster) if actors is None else contextlib.nullcontext():
             own = actors is None
             actors = actors or DistillActors.start(recipe)
             try:
                 loop_start = time.perf_counter()
-                generated_now = _loop(recipe, inputs, actors, store, shards, todo, len(shards) - len(todo))
+                generated_now, timing = _loop(recipe, inputs, actors, store, shards, todo, len(shards) - len(todo))
                 loop_s = time.perf_counter() - loop_start
             finally:
                 if own:
@@ -271,7 +271,7 @@ def run_distill(recipe: Recipe, output: str | Path | None = None, overwrite: boo
     seconds = time.perf_counter() - start
     stats["run"] = {"seconds": seconds, "loop_seconds": loop_s, "shards_generated": len(todo),
                     "shards_resumed": len(shards) - len(todo), "samples_generated": generated_now,
-                    "samples_per_s": generated_now / loop_s if loop_s else None}  # after start-up
+                    "samples_per_s": generated_now / loop_s if loop_s else None, **timing}  # after start-up
     stats["files"] = [str(p.relative_to(store.root)) for p in store.data_files()]
     store.finish(stats, dataset_card(stats, d.format))
     if stats["empty_reason"]:
@@ -280,8 +280,9 @@ def run_distill(recipe: Recipe, output: str | Path | None = None, overwrite: boo
 
 
 def _loop(recipe: Recipe, inputs: DistillInputs, actors: DistillActors, store: ShardStore,
-          shards: list[list[Problem]], todo: list[int], already: int) -> int:
-    """Generate shard by shard (the next one while this one is scored and written); returns samples made."""
+          shards: list[list[Problem]], todo: list[int], already: int) -> tuple[int, dict[str, float]]:
+    """Generate shard by shard (the next one while this one is scored and written); returns the
+    samples made and where the driver's time went (waiting for engines vs scoring and writing)."""
     from rl_pipeline.progress import StepProgress
 
     d = recipe.distill
@@ -294,22 +295,27 @@ def _loop(recipe: Recipe, inputs: DistillInputs, actors: DistillActors, store: S
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distill-generate")
     made = accepted = 0
+    timing = {"wait_for_generation_s": 0.0, "score_and_write_s": 0.0}
     t0 = time.perf_counter()
     try:
         with StepProgress("distill", already + len(todo), already) as progress:
             future = pool.submit(generate, todo[0])
             for i, k in enumerate(todo):
+                t = time.perf_counter()
                 completions = future.result()
+                timing["wait_for_generation_s"] += time.perf_counter() - t
                 if i + 1 < len(todo):
                     future = pool.submit(generate, todo[i + 1])
+                t = time.perf_counter()
                 rows, counts = curate(shards[k], completions, actors.scorer, inputs, d)
                 store.write_shard(k, rows, counts)
+                timing["score_and_write_s"] += time.perf_counter() - t
                 made += sum(c["generated"] for c in counts["kinds"].values())
                 accepted += len(rows)
                 progress.advance(accept=accepted / max(made, 1), samples_per_s=made / (time.perf_counter() - t0))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    return made
+    return made, timing
 
 
 def curate(problems: list[Problem], completions, scorer, inputs: DistillInputs,
