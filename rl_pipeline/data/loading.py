@@ -12,7 +12,8 @@ from pathlib import Path
 
 from rl_pipeline.config import DatasetConfig, InputError
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# Order matters for folders: data files before a stray .json (e.g. a distill stats.json).
+_BUILDERS = {".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".json": "json"}
 
 
 class DataError(InputError):

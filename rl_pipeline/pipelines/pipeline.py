@@ -136,7 +136,7 @@ def run_stage(stage: Stage, run_dir: Path) -> dict:
     from rl_pipeline.pipelines.distill import run_distill
 
     result = run_distill(stage.recipe, out)
-    return {"dataset": str(getattr(result, "output_dir", out))}
+    return {"dataset": str(result.output)}
 
 
 def run_pipeline(path: str | Path, run_dir: str | Path | None = None) -> Path:

@@ -34,11 +34,12 @@ def small_demo(tmp_path: Path) -> Path:
         recipe = stage["recipe"]
         if stage["name"] in steps:
             recipe["sft"]["max_steps"] = steps[stage["name"]]
-            recipe["trainer"]["micro_batch_size"] = 16
+            recipe["trainer"]["micro_batch_size"] = 2 if stage["name"] == "sft" else 16
         if stage["kind"] == "distill":
             recipe["data"]["train"]["limit"] = 16
             recipe["rollout"]["max_tokens"] = 12
-            recipe["distill"]["threshold"] = 0.0  # keep everything: an untrained expert is never right
+            # Keep everything: an expert trained for 6 steps is never right and rarely stops.
+            recipe["distill"].update(threshold=0.0, drop_truncated=False, min_response_tokens=0, dedupe=False)
         if stage["kind"] == "grpo":
             recipe["grpo"].update(steps=6, prompts_per_step=4, group_size=4, eval_every=3, save_every=2)
             recipe["rollout"]["max_tokens"] = 12
