@@ -45,7 +45,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def task_dir(tmp_path_factory) -> Path:
-    """Folder holding the synthetic arithmetic task: train.jsonl (4000), eval.jsonl (64), test.jsonl (100).
+    """Folder holding the synthetic arithmetic task: train.jsonl (9000), eval.jsonl (200), test.jsonl (200).
 
     Written with `rl_pipeline.data.synthetic.write_task` (2-digit additions, seed 0). Rows have
     `id`, `prompt` ("07+45="), `ground_truth` ("52") and `completion` ("52").
@@ -53,13 +53,14 @@ def task_dir(tmp_path_factory) -> Path:
     from rl_pipeline.data.synthetic import write_task
 
     out = tmp_path_factory.mktemp("task")
-    write_task(out, {"train": 4000, "eval": 64, "test": 100}, digits=2, ops="+", seed=0)
+    write_task(out, {"train": 9000, "eval": 200, "test": 200}, digits=2, ops="+", seed=0)  # = `rlp make-task` defaults
     return out
 
 
 # SFT steps that leave the tiny model partly able to add (about 10-40% held-out greedy
-# accuracy on this machine): learning is a sharp phase transition around steps 400-550.
-PARTLY_TRAINED_SFT_STEPS = 500
+# accuracy on this machine: 450 steps gave 22.5% held-out greedy, 400 gave 9.5%, 550 gave 81.5%):
+# learning is a sharp phase transition.
+PARTLY_TRAINED_SFT_STEPS = 450
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def evaluate(prompt: str) -> int:
 
 def test_task_dir_splits_have_exact_sizes_and_are_disjoint(task_dir):
     splits = {name: read_jsonl(task_dir / f"{name}.jsonl") for name in ("train", "eval", "test")}
-    assert {name: len(rows) for name, rows in splits.items()} == {"train": 4000, "eval": 64, "test": 100}
+    assert {name: len(rows) for name, rows in splits.items()} == {"train": 9000, "eval": 200, "test": 200}
     prompts = {name: {row["prompt"] for row in rows} for name, rows in splits.items()}
     assert all(len(prompts[name]) == len(splits[name]) for name in splits)  # no duplicates inside
     assert not prompts["train"] & prompts["eval"]
@@ -45,7 +45,7 @@ def test_task_dir_answers_are_correct(task_dir):
 def test_task_files_load_as_user_data(task_dir):
     spec = DatasetConfig(path=str(task_dir / "test.jsonl"))
     ds = load_rows(spec, key="data.eval")
-    assert len(ds) == 100
+    assert len(ds) == 200
     assert detect_format(spec, ds.column_names) == "prompt_completion"
     assert detect_format(DatasetConfig(path=spec.path, format="prompt"), ds.column_names) == "prompt"
 
