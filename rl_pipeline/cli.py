@@ -100,6 +100,17 @@ def make_task_cmd(
         typer.echo(f"{name}: {path}")
 
 
+def _train(train_fn, recipe: Path, overrides: Optional[list[str]], run_dir: Optional[Path], resume: bool):
+    """Load the recipe and run a training stage; bad input is one line and exit status 2."""
+    from rl_pipeline.config import InputError
+
+    recipe_obj = _load(recipe, overrides or [])
+    try:
+        return train_fn(recipe_obj, run_dir=run_dir, resume=resume)
+    except InputError as exc:
+        _fail(str(exc))
+
+
 @app.command("sft")
 def sft_cmd(
     recipe: Path = typer.Argument(..., help="recipe YAML with model, data, trainer and sft sections"),
@@ -108,14 +119,9 @@ def sft_cmd(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name-TIME)"),
 ) -> None:
     """Supervised fine-tuning on DeepSpeed trainer ranks (Ray actors)."""
-    from rl_pipeline.config import InputError
     from rl_pipeline.pipelines.sft import train_sft
 
-    recipe_obj = _load(recipe, overrides or [])
-    try:
-        result = train_sft(recipe_obj, run_dir=run_dir, resume=resume)
-    except InputError as exc:
-        _fail(str(exc))
+    result = _train(train_sft, recipe, overrides, run_dir, resume)
     typer.echo(f"final model: {result.final_model}")
 
 
@@ -127,14 +133,9 @@ def grpo_cmd(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name-TIME)"),
 ) -> None:
     """GRPO: vLLM rollouts, reward service, DeepSpeed policy updates, weight sync each step."""
-    from rl_pipeline.config import InputError
     from rl_pipeline.pipelines.grpo import train_grpo
 
-    recipe_obj = _load(recipe, overrides or [])
-    try:
-        result = train_grpo(recipe_obj, run_dir=run_dir, resume=resume)
-    except InputError as exc:
-        _fail(str(exc))
+    result = _train(train_grpo, recipe, overrides, run_dir, resume)
     for key, value in result.final_eval.items():
         typer.echo(f"{key}: {value:.4f}")
     typer.echo(f"final model: {result.final_model}")
