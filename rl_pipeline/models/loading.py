@@ -59,15 +59,29 @@ def load_causal_lm(path: str, dtype: str = "auto", device: str = "cpu", trust_re
     return model.to(device)
 
 
-def save_hf_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """Write model + tokenizer to a temp folder, then rename, so `out_dir` is never half-written."""
+def without_tied_duplicates(state: dict) -> dict:
+    """CPU copies of the weights, keeping the first name of tensors shared by several names
+    (tied embeddings), as Hugging Face checkpoints store them."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().to("cpu", copy=True)
+    return out
+
+
+def save_hf_model(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+    """Write model + tokenizer to a temp folder, then rename, so `out_dir` is never half-written.
+    `state_dict` (e.g. weights gathered from ZeRO-3 shards) replaces the module's own tensors."""
     import shutil
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)

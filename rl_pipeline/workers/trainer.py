@@ -361,13 +361,15 @@ class TrainerWorker:
 
     def full_state_dict(self) -> dict | None:
         """The unsharded weights on rank 0 (None elsewhere); every rank must call it under ZeRO-3."""
+        from rl_pipeline.models.loading import without_tied_duplicates
+
         if self.spec.trainer.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()
         elif self.rank == 0:
             state = self.engine.module.state_dict()
         else:
             state = None
-        return None if state is None else _without_tied_duplicates(state)
+        return None if state is None else without_tied_duplicates(state)
 
     def save_hf(self, out_dir: str) -> str | None:
         """Write the model in Hugging Face format (rank 0 writes; all ranks call under ZeRO-3)."""
@@ -376,7 +378,7 @@ class TrainerWorker:
         state = self.full_state_dict()
         if self.rank != 0:
             return None
-        save_hf_model(_StateDictModel(self.engine.module, state), self.tokenizer, out_dir)
+        save_hf_model(self.engine.module, self.tokenizer, out_dir, state_dict=state)
         return out_dir
 
 
@@ -482,29 +484,6 @@ class TrainerGroup:
 
     def shutdown(self) -> None:
         self.group.shutdown()
-
-
-class _StateDictModel:
-    """Adapter so save_hf_model writes `state` (consolidated weights) with `module`'s config."""
-
-    def __init__(self, module, state: dict) -> None:
-        self.module, self.state = module, state
-
-    def save_pretrained(self, path, **kwargs) -> None:
-        self.module.save_pretrained(path, state_dict=self.state, **kwargs)
-
-
-def _without_tied_duplicates(state: dict) -> dict:
-    """CPU copies of the weights, keeping the first name of tensors shared by several names
-    (tied embeddings), as Hugging Face checkpoints store them."""
-    seen, out = set(), {}
-    for name, tensor in state.items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().to("cpu", copy=True)
-    return out
 
 
 def seed_everything(seed: int) -> None:
