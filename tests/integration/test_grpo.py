@@ -9,11 +9,8 @@ session it rose in manual runs (22.5% -> 36% in 40 steps) but not reliably from 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from safetensors.torch import load_file
 from rl_pipeline.config import parse_recipe
 from rl_pipeline.pipelines.grpo import train_grpo
 from rl_pipeline.tracking import read_metrics
+from tests.processes import kill_after_checkpoint
 
 RLP = str(Path(sys.executable).with_name("rlp"))
 
@@ -76,18 +74,7 @@ def test_sigkill_mid_run_then_resume_logs_each_step_once(partly_trained_model, t
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([RLP, "grpo", str(recipe), "--run-dir", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = run_dir / "checkpoints" / "latest"
-    deadline = time.time() + 400
-    while not (latest.exists() and latest.read_text().strip() >= "step_00000004") and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.2)
-    assert latest.exists(), "no checkpoint appeared in time"
-    proc.send_signal(signal.SIGKILL)  # the fault: the driver dies mid-run without cleanup
-    proc.wait()
-    with_pgid_killed(proc.pid)
-    assert not (run_dir / "final_model").exists()
+    kill_after_checkpoint([RLP, "grpo", str(recipe), "--run-dir", str(run_dir)], run_dir, 4, 400)
 
     done = subprocess.run([RLP, "grpo", str(recipe), "--run-dir", str(run_dir), "--resume"],
                           capture_output=True, text=True, timeout=600)
@@ -95,14 +82,6 @@ def test_sigkill_mid_run_then_resume_logs_each_step_once(partly_trained_model, t
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
     assert steps == list(range(1, 9)), steps
     assert (run_dir / "final_model" / "model.safetensors").exists()
-
-
-def with_pgid_killed(pgid: int) -> None:
-    """Kill what is left of the killed driver's process group (its local Ray instance)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.mark.parametrize(

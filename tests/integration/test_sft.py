@@ -9,10 +9,8 @@ failing before any actor starts.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from safetensors.torch import load_file
 from rl_pipeline.config import parse_recipe
 from rl_pipeline.pipelines.sft import train_sft
 from rl_pipeline.tracking import read_metrics
+from tests.processes import kill_after_checkpoint
 
 RLP = str(Path(sys.executable).with_name("rlp"))
 
@@ -111,19 +110,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(ray_local, tiny_model_dir
     recipe = _write_recipe(tmp_path / "recipe.yaml", raw)
     run_dir = tmp_path / "killed"
     env = {**os.environ, "RAY_ADDRESS": ""}  # the subprocess starts its own Ray instance
-    proc = subprocess.Popen([RLP, "sft", str(recipe), "--run-dir", str(run_dir)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = run_dir / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while not (latest.exists() and latest.read_text().strip() >= "step_00000008") and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.2)
-    assert latest.exists(), "no checkpoint appeared in time"
-    proc.send_signal(signal.SIGKILL)  # the fault: the driver dies without any cleanup
-    proc.wait()
-    # Its Ray instance (and the trainer actor) die with it once the session's processes are gone.
-    os.killpg(proc.pid, signal.SIGKILL) if _group_alive(proc.pid) else None
-    assert not (run_dir / "final_model").exists(), "killed too late: the run had already finished"
+    kill_after_checkpoint([RLP, "sft", str(recipe), "--run-dir", str(run_dir)], run_dir, 8, 240, env=env)
 
     done = subprocess.run([RLP, "sft", str(recipe), "--run-dir", str(run_dir), "--resume"], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -134,14 +121,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(ray_local, tiny_model_dir
     # CPU fp32 with a fixed data order and restored optimizer state is deterministic up to
     # summation order across processes; observed differences are 0 or ~1e-7.
     assert diff < 1e-5, f"resumed run differs from the uninterrupted one by {diff}"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def test_resume_with_another_model_is_refused(tiny_model_dir, task_dir, tmp_path):
