@@ -145,6 +145,11 @@ class GRPOConfig(Section):
     max_refill_rounds: int = Field(0, ge=0)
     mask_truncated: bool = False
     tis_cap: float | None = Field(None, gt=0, description="truncated importance-sampling cap")
+    overlap_generation: bool = Field(
+        False,
+        description="generate the next step's rollouts while this step trains: one step off-policy (set tis_cap "
+        "to correct for it); pays off when engines and trainer ranks sit on different GPUs",
+    )
     prompt_template: str | None = Field(None, description="format string with {prompt}; None = chat template")
     eval_every: int | None = Field(None, ge=1, description="evaluate on data.eval every N steps")
     eval_samples: int = Field(4, ge=1, description="k of pass@k")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, after the kit is installed in ~/site:
-#   bash bench/gpu/device.sh STAGE...   stages: smoke tests trainer rollout sync sync2 grpo
+#   bash bench/gpu/device.sh STAGE...   stages: smoke tests trainer rollout sync sync2 grpo scaling
 # Logs go to $OUT (what the device tool brings back) and to stdout.
 set -u
 export PYTHONPATH=~/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
@@ -23,6 +23,7 @@ for stage in "$@"; do
     sync) run sync 240 python3 bench/gpu/weight_sync.py --layout colocated;;
     sync2) run sync2 240 python3 bench/gpu/weight_sync.py --layout separated;;
     grpo) run grpo 300 python3 bench/gpu/grpo_step.py;;
+    scaling) run scaling 1200 python3 bench/gpu/scaling.py;;  # 7 configurations, ~2 min each; needs 4 GPUs
     *) echo "unknown stage $stage";;
   esac
 done

@@ -46,7 +46,7 @@ class PhaseTimer:
     """Wall time per named phase of a step; what no phase covers is reported as `other`."""
 
     def __init__(self) -> None:
-        self.start, self.seconds = time.perf_counter(), {}
+        self.start, self.seconds, self.overlapped = time.perf_counter(), {}, {}
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
@@ -56,12 +56,49 @@ class PhaseTimer:
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
+    def add_overlapped(self, seconds: dict[str, float]) -> None:
+        """Phases another thread ran while this one worked: reported, not counted against `other`."""
+        for phase, value in seconds.items():
+            self.overlapped[phase] = self.overlapped.get(phase, 0.0) + value
+
     def metrics(self) -> dict[str, float]:
         total = time.perf_counter() - self.start
-        out = {f"time/{k}": v for k, v in self.seconds.items()}
+        out = {f"time/{k}": v for k, v in (self.overlapped | self.seconds).items()}
         out["time/other"] = max(0.0, total - sum(self.seconds.values()))
         out["time/step"] = total
         return out
+
+
+class RolloutAhead:
+    """`grpo.overlap_generation`: collects step k+1's batch on a background thread while step k
+    trains, so engines and trainer ranks on different GPUs work at the same time. The batch is
+    one step off-policy (sampled before step k's update). Nothing is in flight at the end of a
+    step: the driver waits for the batch before the weight sync, since engines must not
+    generate while their weights are replaced."""
+
+    def __init__(self, collect) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.collect = collect  # step -> (batch, metrics, PhaseTimer)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-ahead")
+        self.future = None
+        self.ready = None
+        self.resume_position: int | None = None  # prompt-stream position before the batch in hand
+
+    def start(self, step: int, position: int) -> None:
+        self.resume_position = position
+        self.future = self.executor.submit(self.collect, step)
+
+    def wait(self) -> None:
+        if self.future is not None:
+            self.ready, self.future = self.future.result(), None
+
+    def take(self):
+        ready, self.ready, self.resume_position = self.ready, None, None
+        return ready
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
@@ -183,34 +220,60 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     from rl_pipeline.progress import StepProgress
 
     g = recipe.grpo
-    with StepProgress("grpo", g.steps, start) as progress:
-        for step in range(start, g.steps):
-            metrics = _step(recipe, inputs, actors, stream, step)
-            done = step + 1
-            if g.eval_every and inputs.eval and (done % g.eval_every == 0 or done == g.steps):
-                metrics.update(_evaluate(recipe, inputs, actors, done))
-            tracker.log(done, metrics)
-            if g.save_every and done % g.save_every == 0 and done < g.steps:
-                run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": stream.position})
-            progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
+    ahead = None
+    if g.overlap_generation:
+        def collect(step: int):
+            timer = PhaseTimer()
+            return (*_collect_batch(recipe, inputs, actors, stream, step, timer), timer)
+
+        ahead = RolloutAhead(collect)
+    try:
+        with StepProgress("grpo", g.steps, start) as progress:
+            for step in range(start, g.steps):
+                metrics = _step(recipe, inputs, actors, stream, step, ahead)
+                done = step + 1
+                if g.eval_every and inputs.eval and (done % g.eval_every == 0 or done == g.steps):
+                    metrics.update(_evaluate(recipe, inputs, actors, done))
+                tracker.log(done, metrics)
+                if g.save_every and done % g.save_every == 0 and done < g.steps:
+                    # A batch collected ahead is not saved: a resumed run draws its prompts again.
+                    position = ahead.resume_position if ahead and ahead.resume_position is not None else stream.position
+                    run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
+                progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
+    finally:
+        if ahead is not None:
+            ahead.close()
 
 
-def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, step: int) -> dict:
-    """One GRPO step: rollouts -> rewards -> batch -> (reference) -> train -> weight sync."""
+def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, step: int,
+          ahead: RolloutAhead | None = None) -> dict:
+    """One GRPO step: rollouts -> rewards -> batch -> (reference) -> train -> weight sync.
+
+    With `ahead` (grpo.overlap_generation) the rollouts were collected during the last step and
+    the next step's are collected while this one trains."""
     g, timer = recipe.grpo, PhaseTimer()
-    batch, metrics = _collect_batch(recipe, inputs, actors, stream, step, timer)
+    if ahead is not None and ahead.ready is not None:
+        batch, metrics, collected = ahead.take()
+        timer.add_overlapped(collected.seconds)
+    else:
+        batch, metrics = _collect_batch(recipe, inputs, actors, stream, step, timer)
     batch = batch.trimmed_to_multiple(recipe.trainer.num_ranks)
     metrics.update(_batch_stats(batch))
     if len(batch.samples) == 0:
         log.warning("step %d: every group had equal rewards; nothing to train on", step + 1)
         metrics["train/skipped"] = 1.0
         return {**metrics, **timer.metrics()}
+    if ahead is not None and step + 1 < g.steps:
+        ahead.start(step + 1, stream.position)
     if actors.reference is not None:
         with timer("reference"):
             actors.reference.add_logprobs(batch.samples)
     with timer("train"):
         shards = batch.shards(recipe.trainer.num_ranks, recipe.trainer.micro_batch_size)
         metrics.update(actors.policy.grpo_step(shards, batch.normaliser(), loss_config(recipe), g.inner_epochs))
+    if ahead is not None:
+        with timer("rollout_wait"):
+            ahead.wait()
     with timer("sync"):
         metrics.update(actors.sync.push(actors.policy, actors.engines))
     metrics["train/skipped"] = 0.0

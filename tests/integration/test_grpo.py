@@ -69,6 +69,22 @@ def test_three_steps_sync_exactly_and_log_every_field(ray_local, partly_trained_
     assert max(float((before[k] - after[k]).abs().max()) for k in before) > 1e-6, "the policy did not change"
 
 
+def test_overlapped_generation_trains_on_rollouts_one_step_old(ray_local, partly_trained_model, task_dir, tmp_path):
+    """grpo.overlap_generation: step k+1's rollouts are sampled while step k trains, i.e. by the
+    weights before step k's update. The first batch is sampled in sync (gap ~0); every later one
+    is one update stale, which the sampler/trainer gap shows (lr 1e-3 makes one update visible)."""
+    raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=3, overlap_generation=True, tis_cap=2.0)
+    raw["trainer"]["lr"] = 1e-3
+    result = train_grpo(parse_recipe(raw), run_dir=tmp_path / "run")
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["rollout/logprob_diff_max"] < 1e-4, "the first batch is sampled by the current weights"
+    for row in rows[1:]:
+        assert row["rollout/logprob_diff_max"] > 1e-3, "a batch sampled ahead is one update old"
+        assert row["time/generate"] > 0 and row["policy/tis_weight_mean"] > 0
+    assert all("time/rollout_wait" in r for r in rows)
+
+
 def test_sigkill_mid_run_then_resume_logs_each_step_once(partly_trained_model, task_dir, tmp_path):
     raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=8, save_every=2)
     recipe = tmp_path / "recipe.yaml"
