@@ -92,6 +92,11 @@ class SFTConfig(Section):
     epochs: float = Field(2.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps")
+    stop_at_accuracy: float | None = Field(
+        None, gt=0, le=1,
+        description="stop at the first sft.eval_every check where greedy exact-match accuracy on data.eval "
+                    "reaches this (a base stopped mid-way for RL); needs data.eval and sft.eval_every",
+    )
     log_every: int = Field(1, ge=1)
     save_every: int | None = Field(None, ge=1, description="checkpoint every N steps")
     seed: int = 0

@@ -116,6 +116,18 @@ def tokenize_dataset(tokenizer, rows, fmt: str, spec: DatasetConfig, max_length:
     return samples, report
 
 
+def generation_target(sample: TokenizedSample) -> tuple[list[int], list[int]] | None:
+    """(prompt ids, target ids) for greedy exact-match checks: the tokens before the sample's
+    first target token, and the first contiguous run of targets (completion + EOS, or the first
+    assistant turn). None when the sample has no target after a non-empty prompt."""
+    mask = sample.loss_mask
+    start = next((i for i in range(1, len(mask)) if mask[i]), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start, len(mask)) if not mask[i]), len(mask))
+    return sample.input_ids[:start], sample.input_ids[start:end]
+
+
 @dataclass
 class PackedSequence:
     """Several samples in one row; position ids restart at 0 at each sample boundary."""

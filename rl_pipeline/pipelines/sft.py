@@ -2,7 +2,8 @@
 
 Reads like the algorithm: every step takes the next global batch of the (per-epoch shuffled)
 dataset, gives each rank its micro-batches, and logs the global token-mean loss. All input is
-checked before any actor starts.
+checked before any actor starts. With `sft.stop_at_accuracy` the run ends at the first validation
+whose greedy exact-match accuracy reaches it (a base stopped mid-way, for RL to improve).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from pathlib import Path
 from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe, TrainerConfig
 from rl_pipeline.data.loading import detect_format, load_rows
-from rl_pipeline.data.sft import pack_samples, tokenize_dataset
+from rl_pipeline.data.sft import TokenizedSample, generation_target, pack_samples, tokenize_dataset
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
 from rl_pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InputError", "SFTResult", "train_sft", "prepare_sft_samples", "BatchPlan"]
+__all__ = ["InputError", "SFTResult", "train_sft", "prepare_sft_samples", "tokenize_split", "BatchPlan"]
 
 
 @dataclass
@@ -34,8 +35,8 @@ class SFTResult:
     final_loss: float
 
 
-def prepare_sft_samples(recipe: Recipe, split: str = "train") -> list[dict]:
-    """Load, check and tokenize a dataset of the recipe (packed if asked); no actors involved."""
+def tokenize_split(recipe: Recipe, split: str = "train") -> list[TokenizedSample]:
+    """Load, check and tokenize one dataset of the recipe (unpacked); no actors involved."""
     data = recipe.data
     spec = data.train if split == "train" else data.eval
     key = f"data.{split}"
@@ -49,9 +50,19 @@ def prepare_sft_samples(recipe: Recipe, split: str = "train") -> list[dict]:
             "%d without target tokens", key, report.kept, report.dropped_too_long, data.max_length,
             report.example_rows.get("dropped_too_long", []), report.truncated, report.dropped_no_target,
         )
-    if data.packing:
-        return [vars(p) for p in pack_samples(samples, data.max_length)]
+    return samples
+
+
+def as_training_rows(recipe: Recipe, samples: list[TokenizedSample]) -> list[dict]:
+    """What a trainer rank receives: plain dicts, packed when data.packing asks."""
+    if recipe.data.packing:
+        return [vars(p) for p in pack_samples(samples, recipe.data.max_length)]
     return [{"input_ids": s.input_ids, "loss_mask": s.loss_mask} for s in samples]
+
+
+def prepare_sft_samples(recipe: Recipe, split: str = "train") -> list[dict]:
+    """Load, check and tokenize a dataset of the recipe (packed if asked); no actors involved."""
+    return as_training_rows(recipe, tokenize_split(recipe, split))
 
 
 class BatchPlan:
@@ -101,15 +112,36 @@ def eval_shards(samples: list[dict], cfg: TrainerConfig) -> list[list[list[dict]
     return [[rank[i : i + mb] for i in range(0, len(rank), mb)] for rank in per_rank]
 
 
-def check_sft_inputs(recipe: Recipe) -> tuple[list[dict], list[dict] | None]:
+@dataclass
+class SFTInputs:
+    """Tokenized training rows, validation rows, and the (prompt, target) pairs whose greedy
+    exact-match accuracy decides `sft.stop_at_accuracy` (None when the recipe does not ask)."""
+
+    train: list[dict]
+    val: list[dict] | None
+    accuracy_pairs: list[tuple[list[int], list[int]]] | None
+
+
+def check_sft_inputs(recipe: Recipe) -> SFTInputs:
     """Everything that can be wrong with the input, found before any actor starts."""
     recipe.require("data", "sft")
     check_model_source(recipe.model.path)
-    train = prepare_sft_samples(recipe, "train")
-    val = prepare_sft_samples(recipe, "eval") if recipe.data.eval is not None else None
-    if recipe.sft.eval_every and val is None:
+    sft = recipe.sft
+    if sft.eval_every and recipe.data.eval is None:
         raise InputError("sft.eval_every is set but data.eval is missing: nothing to validate on")
-    return train, val
+    if sft.stop_at_accuracy is not None and not sft.eval_every:
+        raise InputError("sft.stop_at_accuracy is checked every sft.eval_every steps; set sft.eval_every")
+    if sft.stop_at_accuracy is not None and recipe.trainer.zero_stage == 3:
+        # Each rank generates with its own full copy of the weights; ZeRO-3 shards them.
+        raise InputError("sft.stop_at_accuracy needs trainer.zero_stage <= 2 (ranks generate with full weights)")
+    train = prepare_sft_samples(recipe, "train")
+    if recipe.data.eval is None:
+        return SFTInputs(train, None, None)
+    val_samples = tokenize_split(recipe, "eval")
+    pairs = None
+    if sft.stop_at_accuracy is not None:
+        pairs = [pair for pair in map(generation_target, val_samples) if pair is not None]
+    return SFTInputs(train, as_training_rows(recipe, val_samples), pairs)
 
 
 def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> SFTResult:
@@ -118,15 +150,15 @@ def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = 
     from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
 
     try:
-        train_samples, val_samples = check_sft_inputs(recipe)
+        inputs = check_sft_inputs(recipe)
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
     sft, cfg = recipe.sft, recipe.trainer
-    plan = BatchPlan(train_samples, cfg, sft.epochs, sft.max_steps, sft.seed)
+    plan = BatchPlan(inputs.train, cfg, sft.epochs, sft.max_steps, sft.seed)
     run = RunDir.open(recipe, run_dir, resume)
     resumed = run.latest() if resume else None
     start = resumed.step if resumed else 0
-    log.info("SFT: %d samples, global batch %d, %d steps, run dir %s", len(train_samples), plan.global_batch,
+    log.info("SFT: %d samples, global batch %d, %d steps, run dir %s", len(inputs.train), plan.global_batch,
              plan.total_steps, run.path)
     tracker = Tracker(run.path, recipe.tracking, resume_after_step=start if resume else None)
     with connect(recipe.cluster):
@@ -136,18 +168,21 @@ def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = 
             if resumed:
                 trainer.load_state(str(resumed.checkpoint))
                 log.info("resumed from %s at step %d", resumed.checkpoint, start)
-            loss = _sft_loop(recipe, plan, trainer, run, tracker, start, val_samples)
+            loss, steps = _sft_loop(recipe, plan, trainer, run, tracker, start, inputs)
             trainer.save_hf(str(run.final_model))
         finally:
             tracker.close()
             trainer.shutdown()
-    return SFTResult(run.path, run.final_model, plan.total_steps, loss)
+    return SFTResult(run.path, run.final_model, steps, loss)
 
 
-def _sft_loop(recipe: Recipe, plan: BatchPlan, trainer, run: RunDir, tracker: Tracker, start: int, val) -> float:
+def _sft_loop(recipe: Recipe, plan: BatchPlan, trainer, run: RunDir, tracker: Tracker, start: int,
+              inputs: SFTInputs) -> tuple[float, int]:
+    """Train from `start`; returns the last loss and the steps done (fewer than planned when
+    sft.stop_at_accuracy is reached)."""
     from rl_pipeline.progress import StepProgress
 
-    sft, loss = recipe.sft, float("nan")
+    sft, loss, done = recipe.sft, float("nan"), start
     with StepProgress("sft", plan.total_steps, start) as progress:
         for step in range(start, plan.total_steps):
             t0 = time.perf_counter()
@@ -160,10 +195,30 @@ def _sft_loop(recipe: Recipe, plan: BatchPlan, trainer, run: RunDir, tracker: Tr
                        "step_seconds": elapsed}
             done = step + 1
             if sft.eval_every and (done % sft.eval_every == 0 or done == plan.total_steps):
-                metrics["val_loss"] = trainer.eval_loss(eval_shards(val, recipe.trainer))
+                metrics.update(_validate(recipe, trainer, inputs))
             if done % sft.log_every == 0 or done == plan.total_steps or "val_loss" in metrics:
                 tracker.log(done, metrics)
+            progress.advance(loss=loss)
+            if _reached_accuracy(sft, metrics, done):
+                break
             if sft.save_every and done % sft.save_every == 0 and done < plan.total_steps:
                 run.save(done, trainer.save_state, {"stage": "sft"})
-            progress.advance(loss=loss)
-    return loss
+    return loss, done
+
+
+def _validate(recipe: Recipe, trainer, inputs: SFTInputs) -> dict[str, float]:
+    """Validation loss, and greedy exact-match accuracy when sft.stop_at_accuracy needs it."""
+    metrics = {"val_loss": trainer.eval_loss(eval_shards(inputs.val, recipe.trainer))}
+    if inputs.accuracy_pairs is not None:
+        metrics["val_accuracy"] = trainer.greedy_accuracy(inputs.accuracy_pairs)
+    return metrics
+
+
+def _reached_accuracy(sft, metrics: dict[str, float], step: int) -> bool:
+    """True once validation accuracy reaches sft.stop_at_accuracy: the base for RL is wanted
+    mid-way through learning, and when that happens varies by hundreds of steps with the seed."""
+    if sft.stop_at_accuracy is None or metrics.get("val_accuracy", 0.0) < sft.stop_at_accuracy:
+        return False
+    log.info("step %d: greedy accuracy on data.eval %.3f reached sft.stop_at_accuracy=%.3f; stopping",
+             step, metrics["val_accuracy"], sft.stop_at_accuracy)
+    return True

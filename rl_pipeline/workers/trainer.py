@@ -347,6 +347,16 @@ class TrainerWorker:
             count += count_target_tokens(batch["loss_mask"])
         return total, count
 
+    @torch.no_grad()
+    def greedy_matches(self, pairs: list[tuple[list[int], list[int]]]) -> int:
+        """How many of this rank's (prompt ids, target ids) pairs greedy decoding reproduces
+        exactly; needs the full weights on the rank (ZeRO stage <= 2)."""
+        from rl_pipeline.models.generate import greedy_exact_matches
+
+        self.engine.eval()
+        return greedy_exact_matches(self.engine.module, pairs, self.tokenizer.pad_token_id,
+                                    self.tokenizer.eos_token_id, self.spec.trainer.micro_batch_size, self.engine.device)
+
     # ---- state -----------------------------------------------------------------------------
     def save_state(self, checkpoint_dir: str) -> None:
         """Model, optimizer, scheduler (DeepSpeed) and this rank's RNG; all ranks call it."""
@@ -472,6 +482,12 @@ class TrainerGroup:
         results = self.group.call_each("eval_nll", [(s,) for s in shards])
         total, count = map(sum, zip(*results))
         return total / max(count, 1)
+
+    def greedy_accuracy(self, pairs: list[tuple[list[int], list[int]]]) -> float:
+        """Fraction of (prompt, target) pairs that greedy decoding reproduces; ranks split them."""
+        n = len(self.group)
+        matches = self.group.call_each("greedy_matches", [(pairs[r::n],) for r in range(n)])
+        return sum(matches) / max(len(pairs), 1)
 
     def save_state(self, checkpoint_dir: str) -> None:
         self.group.call_all("save_state", checkpoint_dir)

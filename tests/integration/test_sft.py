@@ -140,8 +140,11 @@ def test_resume_with_another_model_is_refused(tiny_model_dir, task_dir, tmp_path
         (lambda r, t: r["data"]["train"].update(prompt_column="question"), "column 'question' (data.train.prompt_column) not found"),
         (lambda r, t: r["model"].update(path=str(t / "no-such-model")), "model.path: model"),
         (lambda r, t: r["data"]["train"].update(path=str(t / "empty.jsonl")), "has no rows"),
+        (lambda r, t: r["sft"].update(stop_at_accuracy=0.3), "set sft.eval_every"),
+        (lambda r, t: (r["sft"].update(stop_at_accuracy=0.3, eval_every=5), r["trainer"].update(zero_stage=3)),
+         "sft.stop_at_accuracy needs trainer.zero_stage <= 2"),
     ],
-    ids=["missing-column", "missing-model", "empty-dataset"],
+    ids=["missing-column", "missing-model", "empty-dataset", "stop-at-accuracy-unchecked", "stop-at-accuracy-zero3"],
 )
 def test_bad_input_fails_before_any_actor_starts(tiny_model_dir, task_dir, tmp_path, change, expected):
     (tmp_path / "empty.jsonl").write_text("")

@@ -14,6 +14,7 @@ from rl_pipeline.config import DatasetConfig
 from rl_pipeline.data.loading import DataError
 from rl_pipeline.data.sft import (
     TokenizedSample,
+    generation_target,
     pack_samples,
     tokenize_dataset,
     tokenize_messages,
@@ -116,6 +117,28 @@ def test_plain_prompt_completion_row(tokenizer):
     row = {"prompt": "2+2=", "completion": "4"}
     sample = tokenize_row(tokenizer, row, "prompt_completion", SPEC, index=0)
     assert sample == tokenize_prompt_completion(tokenizer, "2+2=", "4")
+
+
+# --- greedy-check targets (sft.stop_at_accuracy) ---------------------------------------------
+
+
+def test_generation_target_is_prompt_then_completion_plus_eos(tokenizer):
+    prompt, target = generation_target(tokenize_prompt_completion(tokenizer, "07+45=", "52"))
+    assert (tokenizer.decode(prompt), tokenizer.decode(target)) == ("07+45=", "52" + EOS)
+
+
+def test_generation_target_of_multi_turn_chat_is_the_first_assistant_turn(tokenizer):
+    messages = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
+                {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
+    prompt, target = generation_target(tokenize_messages(tokenizer, messages, row=0))
+    assert tokenizer.decode(prompt) == "<|user|>1+1=<|end|><|assistant|>"
+    assert tokenizer.decode(target) == "2" + EOS
+
+
+def test_generation_target_needs_a_target_after_the_first_token():
+    assert generation_target(TokenizedSample([5, 6, 7], [0, 0, 0])) is None
+    assert generation_target(TokenizedSample([5, 6, 7], [1, 0, 0])) is None  # nothing to prompt with
+    assert generation_target(TokenizedSample([5, 6, 7], [1, 1, 0])) == ([5], [6])
 
 
 def test_prompt_only_rows_cannot_be_sft_data(tokenizer):
