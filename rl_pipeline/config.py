@@ -47,6 +47,11 @@ class DatasetConfig(Section):
     completion_column: str = "completion"
     ground_truth_column: str = "ground_truth"
     system_prompt: str | None = Field(None, description="prepended as a system turn to chat rows")
+    system_prompt_fraction: float = Field(
+        1.0, ge=0, le=1,
+        description="share of rows (a fixed pseudo-random subset) that get system_prompt; < 1 teaches a model "
+        "to answer both with and without it",
+    )
     chat: bool = Field(False, description="render string prompt/completion rows as a user/assistant chat")
     limit: int | None = Field(None, ge=1, description="use only the first N rows")
 

@@ -71,20 +71,32 @@ def tokenize_prompt_completion(tokenizer, prompt: str, completion: str) -> Token
     return TokenizedSample(prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids))
 
 
+def gets_system_prompt(spec: DatasetConfig, index: int) -> bool:
+    """Whether row `index` gets `spec.system_prompt`: every row, or a fixed pseudo-random
+    `system_prompt_fraction` of them (the same rows on every run, rank and epoch)."""
+    if not spec.system_prompt:
+        return False
+    if spec.system_prompt_fraction >= 1.0:
+        return True
+    # Knuth's multiplicative hash spreads consecutive indices over [0, 1).
+    return ((index * 2654435761) % 2**32) / 2**32 < spec.system_prompt_fraction
+
+
 def tokenize_row(tokenizer, row: dict, fmt: str, spec: DatasetConfig, index: int) -> TokenizedSample:
+    system_prompt = spec.system_prompt if gets_system_prompt(spec, index) else None
     if fmt == "messages":
         messages = row[spec.messages_column]
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise DataError(f"{spec.path} row {index}: '{spec.messages_column}' is not a list of {{role, content}}")
-        if spec.system_prompt and messages[0].get("role") != "system":
-            messages = [{"role": "system", "content": spec.system_prompt}, *messages]
+        if system_prompt and messages[0].get("role") != "system":
+            messages = [{"role": "system", "content": system_prompt}, *messages]
         return tokenize_messages(tokenizer, messages, index)
     if fmt == "prompt_completion":
         prompt, completion = row[spec.prompt_column], row[spec.completion_column]
         if isinstance(prompt, list):  # conversational prompt/completion, as TRL accepts
             return tokenize_messages(tokenizer, prompt + completion, index)
         if spec.chat:
-            system = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+            system = [{"role": "system", "content": system_prompt}] if system_prompt else []
             turns = [{"role": "user", "content": str(prompt)}, {"role": "assistant", "content": str(completion)}]
             return tokenize_messages(tokenizer, system + turns, index)
         return tokenize_prompt_completion(tokenizer, str(prompt), str(completion))
