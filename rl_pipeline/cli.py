@@ -186,10 +186,15 @@ def distill_cmd(
                f"train with data.train.path={result.output / 'data'})")
 
 
+SEED_HELP = ("training seed of every stage and of the tiny model's initialisation (the task data stays the same); "
+             "default: the recipe's seeds")
+
+
 @app.command("pipeline")
 def pipeline_cmd(
     recipe: Path = typer.Argument(..., help="pipeline recipe YAML (prepare, common, stages, report)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help=SEED_HELP),
 ) -> None:
     """Run the stages a pipeline recipe lists (distill, sft, grpo) in one run directory, then
     evaluate and write report.md + curves.png. Rerunning skips finished stages and resumes."""
@@ -197,7 +202,7 @@ def pipeline_cmd(
     from rl_pipeline.pipelines.pipeline import run_pipeline
 
     try:
-        out = run_pipeline(recipe, run_dir)
+        out = run_pipeline(recipe, run_dir, seed)
     except InputError as exc:
         _fail(str(exc))
     typer.echo(f"report: {out / 'report.md'}")
@@ -206,10 +211,11 @@ def pipeline_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="run directory of the demo"),
+    seed: Optional[int] = typer.Option(None, "--seed", help=SEED_HELP),
 ) -> None:
     """The whole story on this machine: base model, expert, distill, SFT, GRPO, report (CPU, no download)."""
     demo_recipe = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
-    pipeline_cmd(demo_recipe, out)
+    pipeline_cmd(demo_recipe, out, seed)
 
 
 def main() -> None:

@@ -72,8 +72,12 @@ def substitute(node, run_dir: Path):
     return node.replace("{run_dir}", str(run_dir)) if isinstance(node, str) else node
 
 
-def load_plan(path: str | Path, run_dir: str | Path | None = None) -> PipelinePlan:
-    """Read and validate a pipeline recipe: every stage recipe is checked before anything runs."""
+def load_plan(path: str | Path, run_dir: str | Path | None = None, seed: int | None = None) -> PipelinePlan:
+    """Read and validate a pipeline recipe: every stage recipe is checked before anything runs.
+
+    `seed` (when given) replaces the training seed everywhere: the tiny model's initialisation
+    and each stage's `sft.seed` / `grpo.seed` / `distill.seed`; the task data stays the same, so
+    runs with different seeds measure run-to-run noise on the same held-out problems."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: pipeline recipe not found")
@@ -98,11 +102,16 @@ def load_plan(path: str | Path, run_dir: str | Path | None = None) -> PipelinePl
         names.add(entry["name"])
         merged = substitute(deep_merge(common, entry.get("recipe") or {}), run)
         merged.setdefault("name", entry["name"])
+        if seed is not None:
+            merged.setdefault(kind, {})["seed"] = seed
         stages.append(Stage(entry["name"], kind, parse_recipe(merged, f"{where} ({entry['name']})")))
     report = substitute(raw.get("report") or {}, run)
     if report.get("recipe"):
         report["recipe"] = parse_recipe(deep_merge(substitute(common, run), report["recipe"]), f"{path}: report.recipe")
-    return PipelinePlan(run, substitute(raw.get("prepare") or {}, run), stages, report)
+    prepare = substitute(raw.get("prepare") or {}, run)
+    if seed is not None and "tiny_model" in prepare:
+        prepare["tiny_model"] = {**prepare["tiny_model"], "seed": seed}
+    return PipelinePlan(run, prepare, stages, report)
 
 
 def prepare_inputs(plan: PipelinePlan) -> None:
@@ -139,9 +148,9 @@ def run_stage(stage: Stage, run_dir: Path) -> dict:
     return {"dataset": str(result.output)}
 
 
-def run_pipeline(path: str | Path, run_dir: str | Path | None = None) -> Path:
+def run_pipeline(path: str | Path, run_dir: str | Path | None = None, seed: int | None = None) -> Path:
     """Run every unfinished stage in order, then the report; returns the run directory."""
-    plan = load_plan(path, run_dir)
+    plan = load_plan(path, run_dir, seed)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     prepare_inputs(plan)
     for stage in plan.stages:

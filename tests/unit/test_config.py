@@ -81,6 +81,16 @@ def test_shipped_recipes_load(path):
     assert recipe.model.path
 
 
+def test_pipeline_seed_reaches_every_stage_and_the_model_init_but_not_the_task():
+    from rl_pipeline.pipelines.pipeline import load_plan
+
+    default, seeded = load_plan(REPO / "recipes" / "demo.yaml", "/tmp/run"), load_plan(
+        REPO / "recipes" / "demo.yaml", "/tmp/run", seed=7)
+    assert {getattr(s.recipe, s.kind).seed for s in seeded.stages} == {7}
+    assert seeded.prepare["tiny_model"]["seed"] == 7 and "seed" not in default.prepare["tiny_model"]
+    assert seeded.prepare["task"] == default.prepare["task"], "the held-out problems must not change with the seed"
+
+
 def test_require_names_missing_section(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, VALID))
     recipe.require("model", "data", "sft")
