@@ -89,8 +89,11 @@ def test_ctrl_c_mid_grpo_stops_cleanly_and_rerun_finishes(tmp_path):
     raw = yaml.safe_load(recipe.read_text())
     raw["stages"][-1]["recipe"]["grpo"]["steps"] = 40
     recipe.write_text(yaml.safe_dump(raw))
+    # A terminal's foreground job has SIGINT at its default; a suite started in the background
+    # (`pytest &` in a script) would pass "ignore SIGINT" down to the pipeline, so restore it.
     proc = subprocess.Popen([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = run_dir / "grpo" / "checkpoints" / "latest"
     deadline = time.time() + 1200
     while not latest.exists() and time.time() < deadline:

@@ -29,7 +29,7 @@ from rl_pipeline.pipelines.distill import DistillActors, run_distill
 
 RLP = str(Path(sys.executable).with_name("rlp"))
 SYSTEM = "Check the sum."
-CHAT_SFT_STEPS = 40  # 5-15% greedy accuracy in the chat format, from partly_trained_model
+CHAT_SFT_STEPS = 40  # teaches partly_trained_model the chat format (was 5-15% greedy with the older fixture)
 
 
 @pytest.fixture(scope="module")
