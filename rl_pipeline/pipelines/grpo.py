@@ -93,6 +93,11 @@ class RolloutAhead:
         if self.future is not None:
             self.ready, self.future = self.future.result(), None
 
+    def position_to_save(self, current: int) -> int:
+        """The prompt-stream position a checkpoint records: before the batch collected ahead,
+        which is not saved, so a resumed run draws those prompts again."""
+        return current if self.resume_position is None else self.resume_position
+
     def take(self):
         ready, self.ready, self.resume_position = self.ready, None, None
         return ready
@@ -236,8 +241,7 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                     metrics.update(_evaluate(recipe, inputs, actors, done))
                 tracker.log(done, metrics)
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
-                    # A batch collected ahead is not saved: a resumed run draws its prompts again.
-                    position = ahead.resume_position if ahead and ahead.resume_position is not None else stream.position
+                    position = ahead.position_to_save(stream.position) if ahead else stream.position
                     run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
                 progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
     finally:
