@@ -73,6 +73,12 @@ class TrainerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     micro_batch_size: int = Field(8, ge=1, description="sequences per rank per forward pass")
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1,
+        description="GRPO: cut each rank's rows, sorted by length, into micro-batches of at most this many padded "
+        "tokens (rows x longest row) instead of micro_batch_size rows; far less padding when completion lengths "
+        "vary (rl_pipeline/data/micro_batches.py). None = micro_batch_size rows",
+    )
     grad_accum_steps: int = Field(1, ge=1)
     lr: float = Field(5e-6, gt=0, description="peak learning rate (the seeds' SFT: 5e-6 cosine-decayed to 1e-6)")
     min_lr: float = Field(1e-6, ge=0, description="floor the schedule decays to")
@@ -116,7 +122,18 @@ class RolloutConfig(Section):
     stop: list[str] = []
     kv_cache_memory_bytes: int | None = Field(None, description="CPU engines: KV cache size")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    enforce_eager: bool = True
+    enforce_eager: bool | None = Field(
+        None,
+        description="None = eager on CPU engines (no compile start-up), CUDA graphs on GPU engines (decoding 1.6x "
+        "faster on one H200, BENCHMARKS.md)",
+    )
+    seed_requests: bool | None = Field(
+        None,
+        description="give every request its own sampling seed (from grpo.seed and the step), so a run and its resume "
+        "repeat their samples exactly; None = on for CPU engines, off for CUDA engines, where vLLM samples seeded "
+        "requests on a slower path (about 2x the generation time on one H200). Unseeded runs still start from "
+        "the engine seed, but resume statistically, not bitwise",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="engine weights; auto = float32 on CPU, bfloat16 on CUDA"
     )

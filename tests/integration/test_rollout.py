@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from rl_pipeline.config import RolloutConfig
-from rl_pipeline.workers.rollout import Completion, RolloutGroup, engine_env, engine_kwargs, split_evenly
+from rl_pipeline.workers.rollout import (Completion, RolloutGroup, engine_env, engine_kwargs, seeds_requests,
+                                        split_evenly)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -72,6 +73,14 @@ def test_engine_arguments_per_device():
     assert gpu["dtype"] == "bfloat16" and gpu["gpu_memory_utilization"] == 0.4
     assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
     assert "kv_cache_memory_bytes" not in gpu
+    # CUDA graphs on GPU engines unless the recipe asks for eager; eager on CPU unless asked otherwise.
+    assert gpu["enforce_eager"] is False
+    assert engine_kwargs("m", RolloutConfig(enforce_eager=True), seed=0, device="cuda")["enforce_eager"] is True
+    assert engine_kwargs("m", RolloutConfig(enforce_eager=False), seed=0, device="cpu")["enforce_eager"] is False
+    # Per-request seeds: kept on CPU (exact resume), dropped on CUDA (vLLM's slow seeded path) unless asked.
+    assert seeds_requests(RolloutConfig(), "cpu") and not seeds_requests(RolloutConfig(), "cuda")
+    assert seeds_requests(RolloutConfig(seed_requests=True), "cuda")
+    assert not seeds_requests(RolloutConfig(seed_requests=False), "cpu")
     env = engine_env(gpu_cfg, "cuda")
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     assert not gpu["enable_sleep_mode"]  # a whole GPU per engine: no sharing, no sleep mode
