@@ -1,9 +1,10 @@
 """Shared set-up of the GPU benchmarks (bench/gpu/*.py): models, data, FLOPs, versions.
 
 Models are Qwen2-architecture, random weights, built locally with rl_pipeline.models.tiny and
-its character tokenizer (vocab 128): the parameter count sits in the transformer blocks, so
-speed is what a real 0.5B/1.5B model of that shape gets, minus the LM-head and embedding work a
-150k vocabulary adds (about 0.14 GFLOP/token at 0.5B, ~10%, left out here and in the FLOP count).
+its character tokenizer: the parameter count sits in the transformer blocks, so speed is what a
+real 0.5B/1.5B model of that shape gets. With the default vocabulary (128 ids) the LM-head and
+embedding work of a 150k vocabulary is left out (about 0.14 GFLOP/token at 0.5B, ~10%); benches
+that pass `vocab_size=QWEN_VOCAB` (vs_trl.py) pad the tokenizer to Qwen2.5's 151,936 ids.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ MODELS = {
     "0.5b": dict(layers=24, hidden=1024, heads=16, kv_heads=4, intermediate=5632, max_positions=4096),
     "1.5b": dict(layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960, max_positions=4096),
 }
+# Qwen2.5's vocabulary size: with it the LM head and the logits cost what they cost on real models.
+QWEN_VOCAB = 151_936
 # Dense bf16 peak of the card (tensor cores, no sparsity), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
@@ -65,13 +68,14 @@ def use_jsonl_loader_without_datasets() -> None:
     sys.modules["datasets"] = types.SimpleNamespace(load_dataset=load_dataset, __version__="jsonl stand-in")
 
 
-def build_model(work: Path, name: str) -> tuple[Path, int]:
-    """The model folder (built once per work dir) and its parameter count."""
+def build_model(work: Path, name: str, vocab_size: int | None = None) -> tuple[Path, int]:
+    """The model folder (built once per work dir) and its parameter count; `vocab_size`
+    (e.g. QWEN_VOCAB) pads the character tokenizer so the LM head is a real model's."""
     from rl_pipeline.models.tiny import TinyModelSpec, build_tiny_model
 
-    out = work / f"model-{name}"
+    out = work / (f"model-{name}" if vocab_size is None else f"model-{name}-v{vocab_size}")
     if not (out / "config.json").exists():
-        build_tiny_model(out, TinyModelSpec(**MODELS[name]))
+        build_tiny_model(out, TinyModelSpec(**MODELS[name], vocab_size=vocab_size))
     return out, count_params(out)
 
 

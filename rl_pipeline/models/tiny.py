@@ -40,6 +40,7 @@ class TinyModelSpec:
     max_positions: int = 512
     tie_embeddings: bool = True
     seed: int = 0
+    vocab_size: int | None = None  # None: the characters and markers, rounded up to 64 ids
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads:
@@ -57,8 +58,10 @@ def _byte_level(char: str) -> str:
     return char if 33 <= code <= 126 else chr(256 + code)
 
 
-def build_tokenizer(vocab_multiple: int = 64):
-    """A PreTrainedTokenizerFast over single characters plus chat markers and reasoning tags."""
+def build_tokenizer(vocab_multiple: int = 64, vocab_size: int | None = None):
+    """A PreTrainedTokenizerFast over single characters plus chat markers and reasoning tags,
+    padded with `<unusedN>` tokens to `vocab_size` ids (or to a multiple of `vocab_multiple`);
+    a real model's vocabulary size (151,936 for Qwen2.5) makes the LM head cost what it costs."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -69,7 +72,9 @@ def build_tokenizer(vocab_multiple: int = 64):
     base = specials + TAG_TOKENS + ["<unk>"] + [_byte_level(c) for c in string.printable]
     vocab = {token: i for i, token in enumerate(base)}
     # Pad the vocabulary to a round size so that every id the model can sample decodes.
-    size = -(-len(vocab) // vocab_multiple) * vocab_multiple
+    size = vocab_size or -(-len(vocab) // vocab_multiple) * vocab_multiple
+    if size < len(vocab):
+        raise ValueError(f"vocab_size {size} is smaller than the {len(vocab)} tokens the tokenizer needs")
     for i in range(len(vocab), size):
         vocab[f"<unused{i}>"] = i
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -97,7 +102,7 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None) -> 
     spec = spec or TinyModelSpec()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(vocab_size=spec.vocab_size)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden,
