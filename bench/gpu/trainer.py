@@ -1,11 +1,14 @@
 """GPU benchmark 1: SFT tokens/s and MFU of `rlp sft` vs a bare DeepSpeed loop, same model and batches.
 
-    python bench/gpu/trainer.py [--model 0.5b] [--steps 20] [--warmup 5] [--micro-batch 8] [--seq 1024]
+    python bench/gpu/trainer.py [--model 1.5b] [--vocab 151936] [--steps 20] [--warmup 5] [--micro-batch 8] [--seq 1024]
 
 Both train the same random-weight Qwen2 model (bench/gpu/common.py) on the same batches
 (BatchPlan over a jsonl of random-letter prompt/completion rows, `--seq` tokens each, loss on the
-completion), one rank on one GPU, DeepSpeed ZeRO-2, bf16 (fp32 master weights), fused AdamW,
-the very DeepSpeed config `rlp sft` builds (workers.trainer.deepspeed_config). The bare loop is
+completion), one rank on one GPU, DeepSpeed ZeRO-2, bf16 (fp32 master weights), torch's fused
+AdamW, the very DeepSpeed config `rlp sft` builds (workers.trainer.deepspeed_config); `rlp sft`
+packs (data.packing; the rows are all --seq tokens, so packing adds no padding to remove and the
+two systems see the same tokens). The vocabulary is Qwen2.5's 151,936 ids unless --vocab says
+otherwise, and N counts the embedding/LM head (tied) as the 6N rule has it. The bare loop is
 one process: deepspeed.initialize, then forward with HF labels / backward / step; `rlp sft` is
 the Ray driver + TrainerWorker actor (tokens_per_s of metrics.jsonl: the step call as the driver
 sees it, Ray round trip included). Each runs in its own subprocess, one after the other.
@@ -33,14 +36,19 @@ def recipe(work: Path, args):
     from rl_pipeline.config import parse_recipe
 
     return parse_recipe({
-        "name": "gpu-bench-sft", "output_dir": str(work / "runs"), "model": {"path": str(work / f"model-{args.model}")},
-        "data": {"train": {"path": str(work / "sft.jsonl"), "format": "prompt_completion"}, "max_length": args.seq},
+        "name": "gpu-bench-sft", "output_dir": str(work / "runs"), "model": {"path": str(model_dir(work, args))},
+        "data": {"train": {"path": str(work / "sft.jsonl"), "format": "prompt_completion"}, "max_length": args.seq,
+                 "packing": True},
         "trainer": {"num_ranks": 1, "zero_stage": 2, "device": "cuda", "precision": "bf16", "gpus_per_rank": 1,
                     "cpus_per_rank": 1, "micro_batch_size": args.micro_batch, "grad_accum_steps": 1, "lr": LR,
                     "min_lr": LR, "schedule": "constant", "grad_clip": 1.0},
         "sft": {"max_steps": args.steps, "log_every": 1, "seed": 0},
         "tracking": {"tensorboard": False},
     })
+
+
+def model_dir(work: Path, args) -> Path:
+    return work / (f"model-{args.model}" if not args.vocab else f"model-{args.model}-v{args.vocab}")
 
 
 def run_rlp(work: Path, args) -> dict:
@@ -95,7 +103,8 @@ def run_bare(work: Path, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="0.5b", choices=sorted(common.MODELS))
+    parser.add_argument("--model", default="1.5b", choices=sorted(common.MODELS))
+    parser.add_argument("--vocab", type=int, default=common.QWEN_VOCAB, help="0: the 128-id character vocabulary")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--micro-batch", type=int, default=8)
@@ -113,9 +122,10 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         sys.exit("bench/gpu/trainer.py needs a CUDA device")
-    common.header(f"trainer: SFT tokens/s, {args.model}, micro batch {args.micro_batch} x {args.seq} tokens, "
+    common.header(f"trainer: SFT tokens/s, {args.model} (vocab {args.vocab or 128}), micro batch {args.micro_batch} x "
+                  f"{args.seq} tokens, "
                   f"{args.steps} steps (rate over steps {args.warmup + 1}-{args.steps}), ZeRO-2 bf16, 1 GPU")
-    model_dir, params = common.build_model(work, args.model)
+    model_path, params = common.build_model(work, args.model, vocab_size=args.vocab or None)
     common.write_text_task(work / "sft.jsonl", rows=args.micro_batch * args.steps, length=args.seq)
     results = {}
     for system in ("bare DeepSpeed", "rlp sft"):
@@ -131,7 +141,7 @@ def main() -> None:
             continue
         results[system] = json.loads(lines[-1][7:]) | {"wall_s": time.perf_counter() - t0}
     gpu, peak = common.peak_flops()
-    flops = common.train_flops_per_token(model_dir, params, args.seq)
+    flops = common.train_flops_per_token(model_path, params, args.seq)
     base = (results.get("bare DeepSpeed") or {}).get("tokens_per_s")
     print(f"\nmodel {params / 1e9:.3f}B params; {flops / 1e9:.2f} GFLOP/token (6N + attention); peak "
           f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
