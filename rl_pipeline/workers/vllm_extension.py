@@ -18,7 +18,9 @@ heavy at import time.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import time
 
 # The dotted path vLLM imports in its worker processes.
@@ -48,6 +50,47 @@ def _refresh_tied_lm_head(model) -> None:
         method.process_weights_after_loading(head)
 
 
+# vLLM's layerwise reload logs "<Layer>: Failed to load weights" for every layer that a pushed
+# state dict has no tensors for. Two such layers are expected on every push and are not failures:
+# rotary embeddings (a cos/sin cache, no weights) and an LM head tied to the embedding (its weight
+# arrives as embed_tokens; see _refresh_tied_lm_head). Any other layer's warning still shows.
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+RELOAD_WARNING = "%s: Failed to load weights"
+
+
+class ExpectedReloadWarnings(logging.Filter):
+    """Drops vLLM's reload warning for the layer classes in `expected`, keeps every other record."""
+
+    def __init__(self, expected: set[str]) -> None:
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == RELOAD_WARNING and args and args[0] in self.expected)
+
+
+def _expected_missing_layers(model) -> set[str]:
+    expected = {"RotaryEmbedding"}
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is not None and embed is not None and getattr(head, "weight", None) is not None \
+            and head.weight.data_ptr() == embed.weight.data_ptr():
+        expected.add(type(head).__name__)
+    return expected
+
+
+@contextlib.contextmanager
+def _quiet_expected_reload_warnings(model):
+    log_filter = ExpectedReloadWarnings(_expected_missing_layers(model))
+    logger = logging.getLogger(RELOAD_LOGGER)
+    logger.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(log_filter)
+
+
 class RolloutWorkerExtension:
     """Mixed into vLLM's worker (`self` is the worker): load new policy weights in place."""
 
@@ -62,7 +105,8 @@ class RolloutWorkerExtension:
         start = time.perf_counter()
         state = load_state_blob(blob)
         decoded = time.perf_counter()
-        self.reload_weights(weights_iterator=iter(state.items()))
+        with _quiet_expected_reload_warnings(self.model_runner.model):
+            self.reload_weights(weights_iterator=iter(state.items()))
         _refresh_tied_lm_head(self.model_runner.model)
         done = time.perf_counter()
         return {"tensors": float(len(state)), "decode_s": decoded - start, "reload_s": done - decoded}
@@ -91,11 +135,12 @@ class RolloutWorkerExtension:
 
         engine = self._rlp_transfer_engine(backend)
         start = time.perf_counter()
-        engine.start_weight_update()
-        try:
-            engine.update_weights(dict(update_info))  # receives, loads, synchronizes the device
-        finally:
-            engine.finish_weight_update()
+        with _quiet_expected_reload_warnings(self.model_runner.get_model()):
+            engine.start_weight_update()
+            try:
+                engine.update_weights(dict(update_info))  # receives, loads, synchronizes the device
+            finally:
+                engine.finish_weight_update()
         torch.cuda.synchronize()
         return {"reload_s": time.perf_counter() - start, "tensors": float(len(update_info["names"]))}
 
