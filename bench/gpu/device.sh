@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, after the kit is installed in ~/site:
 #   bash bench/gpu/device.sh STAGE...   stages: smoke tests trainer rollout sync sync2 grpo scaling
+#                                       vs_trl1 vs_trl2 (vs_trl1_05 / vs_trl1_15 ...: one model)
 # Logs go to $OUT (what the device tool brings back) and to stdout.
 set -u
 export PYTHONPATH=~/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
@@ -11,7 +12,7 @@ run() {  # name seconds command...
   local name=$1 secs=$2; shift 2
   echo "=== $name ($(date +%T))"
   timeout -s KILL "$secs" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  grep -v "^\s*$" "$OUT/$name.log" | grep -E "^\||^#|target|median|backend|model |tokens/s|FAILED|Error|error|passed|failed|skipped|gap|first push|comparison|^[a-z]+: " | tail -40
+  grep -v "^\s*$" "$OUT/$name.log" | grep -E "^\||^#|target|median|backend|model |tokens/s|FAILED|Error|error|passed|failed|skipped|gap|first push|comparison|rlp|TRL|^[a-z]+: " | tail -40
   echo "=== $name rc=$rc"
 }
 for stage in "$@"; do
@@ -24,6 +25,12 @@ for stage in "$@"; do
     sync2) run sync2 240 python3 bench/gpu/weight_sync.py --layout separated;;
     grpo) run grpo 300 python3 bench/gpu/grpo_step.py;;
     scaling) run scaling 1200 python3 bench/gpu/scaling.py;;  # 7 configurations, ~2 min each; needs 4 GPUs
+    vs_trl1) run vs_trl1 560 python3 bench/gpu/vs_trl.py --gpus 1;;
+    vs_trl2) run vs_trl2 560 python3 bench/gpu/vs_trl.py --gpus 2;;
+    vs_trl1_05|vs_trl1_15|vs_trl2_05|vs_trl2_15)
+      g=${stage:6:1}; m=${stage:8:1}.${stage:9:1}b
+      run "$stage" 400 python3 bench/gpu/vs_trl.py --gpus "$g" --models "$m"
+      for f in /tmp/rlp-vs-trl/log-*; do echo "== $f"; grep -v "^\s*$" "$f" | tail -25; done > "$OUT/$stage-children.log";;
     *) echo "unknown stage $stage";;
   esac
 done
