@@ -51,10 +51,46 @@ def config_cmd(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
-    """Print the resolved recipe (defaults filled in, overrides applied) as YAML."""
+    """Print the resolved recipe (defaults filled in, overrides applied) as YAML; for a pipeline
+    recipe, every stage's resolved recipe and the report's."""
     from rl_pipeline.config import recipe_to_yaml
 
+    if _is_pipeline_recipe(recipe):
+        if overrides:
+            _fail(f"{recipe}: a pipeline recipe takes no KEY=VALUE overrides; edit its stages' recipes")
+        typer.echo(_pipeline_to_yaml(recipe), nl=False)
+        return
     typer.echo(recipe_to_yaml(_load(recipe, overrides or [])), nl=False)
+
+
+def _is_pipeline_recipe(recipe: Path) -> bool:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(recipe.read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # the recipe loader reports it with the file and line
+    return isinstance(raw, dict) and "stages" in raw
+
+
+def _pipeline_to_yaml(recipe: Path) -> str:
+    """The pipeline's resolved stages, each stage recipe with every default spelled out."""
+    import yaml
+
+    from rl_pipeline.config import RecipeError
+    from rl_pipeline.pipelines.pipeline import load_plan
+
+    try:
+        plan = load_plan(recipe)
+    except RecipeError as exc:
+        _fail(str(exc))
+    report = {k: (v.model_dump(mode="json") if k == "recipe" else v) for k, v in plan.report.items()}
+    resolved = {
+        "run_dir": str(plan.run_dir), "prepare": plan.prepare,
+        "stages": [{"name": s.name, "kind": s.kind, "recipe": s.recipe.model_dump(mode="json")} for s in plan.stages],
+        "report": report,
+    }
+    return yaml.safe_dump(resolved, sort_keys=False)
 
 
 @app.command("tiny-model")

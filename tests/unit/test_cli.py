@@ -76,3 +76,19 @@ def test_config_invalid_override_via_runner(tmp_path):
     bad = runner.invoke(app, ["config", str(recipe), "trainer.lr"])
     assert bad.exit_code == 2
     assert "expected KEY=VALUE" in bad.stderr and bad.stdout == ""
+
+
+def test_config_prints_every_stage_of_a_pipeline_recipe():
+    import yaml
+
+    demo = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+    result = runner.invoke(app, ["config", str(demo)])
+    assert result.exit_code == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    raw = yaml.safe_load(demo.read_text())
+    assert [s["name"] for s in resolved["stages"]] == [s["name"] for s in raw["stages"]]
+    # Each stage recipe is resolved: defaults spelled out, {run_dir} filled in.
+    grpo = next(s["recipe"] for s in resolved["stages"] if s["kind"] == "grpo")
+    assert "eps_low" in grpo["grpo"] and "{run_dir}" not in result.stdout
+    refused = runner.invoke(app, ["config", str(demo), "trainer.lr=1e-4"])
+    assert refused.exit_code == 2 and "pipeline recipe takes no KEY=VALUE overrides" in refused.stderr
