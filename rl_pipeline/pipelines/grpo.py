@@ -124,7 +124,6 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     correct = recipe.grpo.accuracy_reward or names[0]
     if correct not in names:
         raise InputError(f"grpo.accuracy_reward: '{correct}' is not a reward component; components: {names}")
-    check_sampling(recipe)
     max_prompt = recipe.data.max_length - recipe.rollout.max_tokens
     if max_prompt < 1:
         raise InputError(f"data.max_length ({recipe.data.max_length}) leaves no room for prompts after "
@@ -212,6 +211,7 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
     from rl_pipeline.cluster import connect
 
     inputs = check_grpo_inputs(recipe)
+    check_sampling(recipe)  # training only: `rlp eval` may sample with top-p or greedily
     run = RunDir.open(recipe, run_dir, resume)
     resumed = run.latest() if resume else None
     start = resumed.step if resumed else 0

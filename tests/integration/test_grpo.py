@@ -183,8 +183,12 @@ def test_overlap_generation_resume_draws_the_batch_in_flight_again(ray_local, pa
         (lambda r, t: r["rewards"]["functions"][0].update(name="no_such_reward"), "no_such_reward"),
         (lambda r, t: r["rollout"].update(max_tokens=40), "leaves no room for prompts"),
         (lambda r, t: r["grpo"].update(accuracy_reward="format"), "grpo.accuracy_reward"),
+        (lambda r, t: r["rollout"].update(top_p=0.9), "rollout.top_p: 0.9 < 1 is not supported by GRPO"),
+        (lambda r, t: r["rollout"].update(temperature=0.0), "rollout.temperature: GRPO needs sampling"),
+        (lambda r, t: r["rollout"].update(temperature=0.7, logprobs="raw"), "rollout.logprobs: raw"),
     ],
-    ids=["missing-ground-truth", "unknown-reward", "no-room-for-prompt", "unknown-accuracy-component"],
+    ids=["missing-ground-truth", "unknown-reward", "no-room-for-prompt", "unknown-accuracy-component", "top-p",
+         "greedy", "raw-logprobs-at-temperature"],
 )
 def test_bad_input_fails_before_any_actor_starts(tiny_model_dir, task_dir, tmp_path, change, expected):
     raw = grpo_recipe(tiny_model_dir, task_dir, tmp_path)
