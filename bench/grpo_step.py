@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/grpo_step.py [--steps 15] [--warmup 3] [--prompts 16] [--group 8]
         [--max-tokens 8] [--sft-steps 450] [--threads 1] [--work DIR]
+        [--memory-only] [--memory-sequences 32] [--memory-completion 128] [--memory-vocab 32768]
 
 All three use the same start model: the tiny Qwen2 (rl_pipeline.models.tiny) after --sft-steps
 of `rlp sft` on the synthetic addition task (partly able to add, so most groups are not flat),
@@ -24,6 +25,13 @@ a fractional CPU; on this loaded 2-core machine 2 threads were up to 10x slower)
    by the group std and flat groups kept (rlp grpo.drop_flat_groups=false, as TRL does).
    Seconds per step are wall time between step ends after --warmup; reward is the mean of a
    step's rollouts (before its update), first and last 3 steps.
+4. GRPO train micro-step peak memory (`--memory-only` runs just this): one forward, loss and
+   backward of a micro-batch of --memory-sequences sequences (16 prompt + --memory-completion
+   completion tokens) on the tiny model's shape with a real-size vocabulary (--memory-vocab),
+   each variant in a fresh interpreter: "materialised" builds [B, T, V] float32 logits, their
+   log-softmax and an entropy with autograd (what the trainer did before); "chunked" is the
+   trainer's `rl_pipeline.models.logprobs.sequence_logprobs` (completion positions only, chunks
+   recomputed in backward, entropy without gradients). Peak RSS over the RSS before the step.
 Numbers on a shared 2-core machine are noisy: the load average is printed with each system.
 """
 
@@ -206,8 +214,66 @@ def run_trl(work: Path, args) -> dict:
             / (len(stamps) - args.warmup), "rewards": rewards, "threads": torch.get_num_threads()}
 
 
+def run_memory(work: Path, args) -> dict:
+    """Section 4 in this interpreter: peak RSS increase and seconds of one train micro-step."""
+    import resource
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rl_pipeline.algorithms.grpo import GRPOLossConfig, LossNormaliser, grpo_policy_loss
+    from rl_pipeline.batch import collate_grpo
+    from rl_pipeline.models.logprobs import sequence_logprobs
+
+    torch.manual_seed(SEED)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=args.memory_vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)).float().train()
+    n, prompt, completion = args.memory_sequences, 16, args.memory_completion
+    ids = torch.randint(0, args.memory_vocab, (n, prompt + completion)).tolist()
+    rows = [{"input_ids": seq, "prompt_len": prompt, "advantage": (-1.0) ** i, "trained": True,
+             "sampler_logprobs": [0.0] * completion, "ref_logprobs": None} for i, seq in enumerate(ids)]
+    batch = collate_grpo(rows, 0, "cpu")
+
+    def rss_kib() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+    before, t0 = rss_kib(), time.perf_counter()
+    if args.memory_variant == "materialised":
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[:, :-1].float()
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    else:
+        logp, entropy = sequence_logprobs(model, batch["input_ids"], None, batch["position_ids"], True,
+                                          positions=batch["mask"])
+    norm = LossNormaliser.of(batch["mask"])
+    loss, _ = grpo_policy_loss(logp, logp.detach(), batch["advantages"], batch["mask"], normaliser=norm,
+                               config=GRPOLossConfig())
+    float((entropy * batch["mask"]).sum())  # the entropy metric, as the trainer logs it
+    loss.backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_mib": (peak - before) / 1024, "seconds": time.perf_counter() - t0, "sequences": n,
+            "tokens": n * (prompt + completion), "threads": torch.get_num_threads()}
+
+
+def report_memory(args, results: dict[str, dict]) -> None:
+    print(f"\n4. GRPO train micro-step peak memory ({args.memory_sequences} sequences x "
+          f"{16 + args.memory_completion} tokens, vocab {args.memory_vocab}, float32, one forward + backward)")
+    print(f"   {'variant':<16}{'peak MiB':>10}{'ratio':>7}{'seconds':>9}{'ratio':>7}")
+    base = results.get("materialised", {})
+    for name, r in results.items():
+        if "error" in r:
+            print(f"   {name:<16}FAILED: {r['error']} (log {r['log']})")
+            continue
+        mem = r["peak_mib"] / base["peak_mib"] if "peak_mib" in base else float("nan")
+        sec = r["seconds"] / base["seconds"] if "seconds" in base else float("nan")
+        print(f"   {name:<16}{r['peak_mib']:>10.0f}{mem:>7.2f}{r['seconds']:>9.2f}{sec:>7.2f}")
+
+
 TRL_MODES = (("vllm", "vLLM colocate"), ("vllm-reload", "colocate, reload sync"), ("hf", "transformers gen."))
-RUNNERS = {"sft": run_sft, "rlp": run_rlp, "vllm": run_vllm, "trl": run_trl}
+RUNNERS = {"sft": run_sft, "rlp": run_rlp, "vllm": run_vllm, "trl": run_trl, "memory": run_memory}
+MEMORY_VARIANTS = ("materialised", "chunked")
 
 
 def measure(system: str, work: Path, args, extra: tuple[str, ...] = ()) -> dict:
@@ -217,7 +283,8 @@ def measure(system: str, work: Path, args, extra: tuple[str, ...] = ()) -> dict:
     result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--system", system, "--work", str(work), "--result", str(result), *extra]
     cmd += [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k in ("steps", "warmup", "prompts", "group", "max_tokens", "sft_steps")]
+            if k in ("steps", "warmup", "prompts", "group", "max_tokens", "sft_steps", "memory_vocab",
+                     "memory_completion", "memory_sequences")]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     load, t0 = os.getloadavg()[0], time.perf_counter()
     with log.open("w") as out:
@@ -280,6 +347,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="OMP_NUM_THREADS for every system (default 1, what Ray gives an actor; 0: leave unset)")
     parser.add_argument("--work", help="keep files here; a start model already there is reused (default: a temp dir)")
+    parser.add_argument("--memory-vocab", type=int, default=32768, help="vocabulary of section 4's model (32768)")
+    parser.add_argument("--memory-sequences", type=int, default=32, help="section 4's micro-batch (default 32)")
+    parser.add_argument("--memory-completion", type=int, default=128,
+                        help="completion tokens per sequence in section 4 (default 128)")
+    parser.add_argument("--memory-only", action="store_true", help="run section 4 (train-step memory) only")
+    parser.add_argument("--memory-variant", default="chunked", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)  # internal: one system in a subprocess
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--trl-mode", default="vllm", help=argparse.SUPPRESS)
@@ -292,6 +365,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         work = Path(args.work or tmp)
+        memory = {v: measure("memory", work, args, (f"--memory-variant={v}",)) for v in MEMORY_VARIANTS}
+        if args.memory_only:
+            report_memory(args, memory)
+            return
         print(f"GRPO step benchmark in {work}: {os.cpu_count()} CPUs, OMP_NUM_THREADS={args.threads or 'unset'}",
               flush=True)
         if not (work / "sft_model").exists():
@@ -310,6 +387,7 @@ def main() -> None:
                 break
             print(f"  TRL {note} failed: {trl['error']} (log {trl['log']})")
         report(args, rlp, vllm, trl, note)
+        report_memory(args, memory)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ reasoning tag (chat templates that end with ``<think>``). Anything else scores 0
 reward shaping) a completion of length L gets 0 up to ``max_length - cache_length``, then
 falls linearly to -1 at ``max_length``, and -1 beyond; with ``mode="hard"`` it is 0 up to
 ``max_length`` and -1 beyond. A truncated completion (column ``truncated`` true, i.e. the
-sampler hit its token limit) scores ``truncated_score`` (default -1). Length is the column
-``completion_length`` (token counts from the rollout) when present, else characters.
+sampler hit its token limit, or column ``finish_reason`` is "length") scores ``truncated_score``
+(default -1). Length is the column ``completion_length`` when present, else characters. The
+GRPO driver passes ``completion_length`` (tokens), ``finish_reason`` and ``truncated`` of every
+completion from the rollout, so under GRPO ``max_length`` is a token budget.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def length_penalty(
     truncated_score: float | None = -1.0,
     completion_length: list[int] | None = None,
     truncated: list[bool] | None = None,
+    finish_reason: list[str] | None = None,
     **_: Any,
 ) -> list[float]:
     """0 for short enough completions, down to -1 for over-long ones (see the module doc)."""
@@ -75,7 +78,12 @@ def length_penalty(
     if not 0 <= cache_length < max_length:
         raise ValueError(f"length_penalty: need 0 <= cache_length < max_length, got {cache_length}, {max_length}")
     lengths = completion_length if completion_length is not None else [len(c) for c in completions]
-    flags = truncated if truncated is not None else [False] * len(completions)
+    if truncated is not None:
+        flags = truncated
+    elif finish_reason is not None:
+        flags = [reason == "length" for reason in finish_reason]
+    else:
+        flags = [False] * len(completions)
     scores = []
     for length, was_truncated in zip(lengths, flags):
         if was_truncated and truncated_score is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rl_pipeline.algorithms.grpo import LossNormaliser, flat_groups, group_advantages
+from rl_pipeline.data.micro_batches import token_budget_shards
 
 
 @dataclass
@@ -50,8 +51,7 @@ class GRPOBatch:
 
     def normaliser(self) -> LossNormaliser:
         """Global token and sequence counts of the trained completions (see algorithms/grpo.py)."""
-        trained = [s for s in self.samples if s.trained and s.completion_ids]
-        return LossNormaliser(tokens=float(sum(len(s.completion_ids) for s in trained)), sequences=float(len(trained)))
+        return _normaliser(self.samples)
 
     def trimmed_to_multiple(self, ranks: int) -> "GRPOBatch":
         """Drop the last few samples so every rank gets the same number of rows: ranks must run
@@ -61,10 +61,38 @@ class GRPOBatch:
             return self
         return GRPOBatch(self.samples[:keep], self.groups_total, self.groups_dropped, dict(self.stats))
 
-    def shards(self, ranks: int, micro_batch_size: int) -> list[list[list[dict]]]:
-        """shards[rank][micro_batch] = rows; samples dealt round-robin so ranks get equal counts."""
-        per_rank = [[s.as_row() for s in self.samples[r::ranks]] for r in range(ranks)]
-        return [[rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)] for rows in per_rank]
+    def mini_batches(self, ranks: int, count: int, micro_batch_size: int,
+                     max_tokens_per_micro_batch: int | None = None) -> list[tuple[list, LossNormaliser]]:
+        """The batch as `count` optimiser steps (grpo.mini_batches): [(shards, normaliser)], where
+        shards[rank][micro_batch] = rows and the normaliser counts that mini-batch on all ranks.
+
+        Samples are dealt round-robin to ranks (equal counts: see trimmed_to_multiple), and each
+        rank's rows are cut into `count` contiguous parts; part k of every rank is mini-batch k.
+        `count` is capped at the rows per rank so that no optimiser step is empty. Micro-batches
+        hold `micro_batch_size` rows, or, with `max_tokens_per_micro_batch`, a mini-batch's rows
+        sorted by length and cut by padded tokens (data/micro_batches.py).
+        """
+        per_rank = [self.samples[r::ranks] for r in range(ranks)]
+        rows = len(per_rank[0])
+        count = max(1, min(count, rows))
+        bounds = [k * rows // count for k in range(count + 1)]
+        out = []
+        for k in range(count):
+            parts = [samples[bounds[k] : bounds[k + 1]] for samples in per_rank]
+            if max_tokens_per_micro_batch is None:
+                shards = [[[s.as_row() for s in part[i : i + micro_batch_size]]
+                           for i in range(0, len(part), micro_batch_size)] for part in parts]
+            else:
+                shards = token_budget_shards([s.as_row() for part in parts for s in part], ranks,
+                                             max_tokens_per_micro_batch)
+            out.append((shards, _normaliser([s for part in parts for s in part])))
+        return out
+
+
+def _normaliser(samples: list[GRPOSample]) -> LossNormaliser:
+    """Token and sequence counts of the trained completions among `samples`."""
+    trained = [s for s in samples if s.trained and s.completion_ids]
+    return LossNormaliser(tokens=float(sum(len(s.completion_ids) for s in trained)), sequences=float(len(trained)))
 
 
 def build_batch(

@@ -9,9 +9,12 @@ Layout of a run directory:
     final_model/             Hugging Face model + tokenizer, when the stage finished
 
 A checkpoint folder only gets its final name after every rank wrote its part, and `latest` is
-replaced atomically afterwards, so a kill mid-save leaves the previous checkpoint usable.
+replaced atomically afterwards, so a kill mid-save leaves the previous checkpoint usable. A save
+that is interrupted (Ctrl-C, an error) removes its `.step_N.tmp` folder; one a SIGKILL leaves
+behind is removed when the run resumes.
 Resuming compares the stored recipe with the new one and refuses what would silently change
-the run (another model, other data, another batch geometry).
+the run (another model, other data, another batch geometry, another learning-rate schedule or
+number of updates per step: the restored optimiser state and step belong to the old ones).
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ RESUME_MUST_MATCH = (
     "grpo.seed",
     "grpo.prompts_per_step",
     "grpo.group_size",
+    "trainer.lr",
+    "trainer.min_lr",
+    "trainer.warmup_steps",
+    "trainer.schedule",
+    "grpo.inner_epochs",
+    "grpo.mini_batches",
+    "grpo.steps",
 )
 
 
@@ -106,7 +116,16 @@ class RunDir:
             raise InputError(f"{path} already holds a run; pass --resume to continue it or choose another --run-dir")
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stored, recipe_to_yaml(recipe))
-        return cls(path, recipe)
+        run = cls(path, recipe)
+        if resume:
+            run.remove_unfinished_saves()
+        return run
+
+    def remove_unfinished_saves(self) -> None:
+        """Delete `.step_N.tmp` folders: saves that a kill interrupted (never a usable checkpoint)."""
+        for tmp in self.checkpoints.glob(".step_*.tmp"):
+            log.warning("removing %s: a checkpoint save that did not finish", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @property
     def final_model(self) -> Path:
@@ -129,8 +148,12 @@ class RunDir:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_ranks(str(tmp))
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
+        try:
+            save_ranks(str(tmp))
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
+        except BaseException:  # Ctrl-C or a failing rank: leave no half-written folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         final = self.checkpoints / name
         if final.exists():
             shutil.rmtree(final)

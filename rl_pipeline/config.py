@@ -139,9 +139,10 @@ class RolloutConfig(Section):
     )
     max_model_len: int | None = Field(None, ge=8, description="prompt + completion tokens; None = the model's")
     logprobs: Literal["raw", "processed"] = Field(
-        "raw",
-        description="raw: log p of each sampled token under the model itself (temperature 1, no top-p), "
-        "what the trainer computes; processed: under the temperature/top-p-adjusted sampling distribution",
+        "processed",
+        description="processed: log p of each sampled token under the distribution sampled from "
+        "(softmax(logits / temperature), top-p applied), what the GRPO trainer scores at any temperature; "
+        "raw: under the model itself (temperature 1, no top-p)",
     )
     cpus_per_engine: float = Field(0.25, ge=0, description="Ray CPUs reserved per engine (fractional is fine)")
     gpus_per_engine: float | None = Field(
@@ -159,11 +160,20 @@ class GRPOConfig(Section):
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(32, ge=1)
     group_size: int = Field(8, ge=2)
-    inner_epochs: int = Field(1, ge=1, description="mu: updates per batch")
+    inner_epochs: int = Field(1, ge=1, description="mu: passes over each batch (each pass: mini_batches updates)")
+    mini_batches: int = Field(
+        1, ge=1,
+        description="optimiser steps per pass: the batch split into this many parts, each normalised by its own "
+        "global token/sequence counts; > 1 (or inner_epochs > 1) makes pi_old differ from pi_theta so the clip acts",
+    )
     eps_low: float = 0.2
     eps_high: float = 0.2
     kl_coef: float = Field(0.0, ge=0, description="beta; 0 disables the reference model")
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: Literal["k1", "k2", "k3", "k3+"] = Field(
+        "k3+",
+        description="k3+: k3's value with k2's gradient, which is the gradient of KL(pi || ref); k3's own gradient "
+        "is that of KL(ref || pi) and k1's is zero in expectation (table in algorithms/grpo.py)",
+    )
     loss_aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = (
         "seq-mean-token-mean"
     )

@@ -119,28 +119,53 @@ def count_contribution(mask: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- KL estimators
+#
+# Each estimator k(logp, ref_logp) is evaluated on tokens x sampled from pi (on-policy), and the
+# loss backpropagates through logp only (not through the sampling). With d = logp - ref_logp and
+# E over x ~ pi:
+#
+#   name  value                    E[value]             E[gradient of the loss]
+#   k1    d                        KL(pi || ref)        E[grad logp] = 0: no pull towards ref
+#   k2    d^2 / 2                  biased, >= 0         E[d grad logp] = grad KL(pi || ref)
+#   k3    e^-d + d - 1             KL(pi || ref)        E[(1 - e^-d) grad logp] = grad KL(ref || pi)
+#   k3+   k3's value, k2's grad    KL(pi || ref)        grad KL(pi || ref)
+#
+# (grad KL(pi || ref) = sum_x grad pi(x) (log pi(x) - log ref(x)) + sum_x grad pi(x)
+#  = E[d grad logp] + 0.) So k1 is only a metric, k3 (the seeds' GRPO) pulls towards the reverse
+# KL, and k2 or k3+ minimise the KL that the value reports; k3+ is the default: its logged value
+# is the unbiased k3 and its gradient that of KL(pi || ref). tests/unit/test_grpo_algorithms.py
+# checks every row of the table by Monte Carlo on a small categorical distribution.
 
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """k1 = logp - ref_logp: unbiased for KL(pi || ref), high variance, can be negative."""
+    """k1 = logp - ref_logp: unbiased for KL(pi || ref), high variance; expected gradient 0."""
     return logp - ref_logp
 
 
 def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """k2 = 0.5 * (logp - ref_logp)^2: biased, low variance, >= 0."""
+    """k2 = 0.5 * (logp - ref_logp)^2: biased, >= 0; expected gradient that of KL(pi || ref)."""
     return 0.5 * (logp - ref_logp) ** 2
 
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """k3 = exp(ref - logp) - (ref - logp) - 1: the seeds' GRPO estimator, unbiased, >= 0."""
+    """k3 = exp(ref - logp) - (ref - logp) - 1: the seeds' estimator, unbiased for KL(pi || ref),
+    >= 0; its expected gradient is that of KL(ref || pi)."""
     delta = (ref_logp - logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     return torch.exp(delta) - delta - 1.0
+
+
+def kl_k3_value_k2_grad(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3+ : k3's value (unbiased for KL(pi || ref)) with k2's gradient (that of KL(pi || ref)),
+    by the straight-through form k2 + (k3 - k2).detach()."""
+    k2 = kl_k2(logp, ref_logp)
+    return k2 + (kl_k3(logp, ref_logp) - k2).detach()
 
 
 KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "k1": kl_k1,
     "k2": kl_k2,
     "k3": kl_k3,
+    "k3+": kl_k3_value_k2_grad,
 }
 
 
@@ -194,7 +219,7 @@ class GRPOLossConfig:
     eps_low: float = 0.2  # ratio clipped below at 1 - eps_low
     eps_high: float = 0.2  # ... and above at 1 + eps_high (DAPO: 0.28)
     beta: float = 0.0  # KL coefficient; 0 means no reference model is needed
-    kl_estimator: str = "k3"  # a key of KL_ESTIMATORS
+    kl_estimator: str = "k3+"  # a key of KL_ESTIMATORS (see the table above them)
     aggregation: str = "seq-mean-token-mean"  # a key of AGGREGATIONS
     max_length_norm: int | None = None  # Dr. GRPO's constant; required by seq-mean-token-sum-norm
     tis_cap: float | None = None  # truncated importance sampling cap; None disables it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, pstdev
@@ -17,8 +18,8 @@ from statistics import mean, pstdev
 from rl_pipeline.algorithms.grpo import GRPOLossConfig
 from rl_pipeline.batch import GRPOBatch, build_batch, merge_batches
 from rl_pipeline.checkpoint import RunDir
-from rl_pipeline.config import InputError, Recipe, TrainerConfig
-from rl_pipeline.data.micro_batches import padded_tokens, token_budget_shards
+from rl_pipeline.config import InputError, Recipe
+from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for, load_prompts
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
 from rl_pipeline.pipelines.evaluate import evaluate
@@ -140,6 +141,21 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     return GRPOInputs(tokenizer, train, evals, correct)
 
 
+def check_sampling(recipe: Recipe) -> None:
+    """The trainer and the reference score softmax(logits / T), the distribution the engines sample
+    from; refuse sampling settings they cannot reproduce."""
+    r = recipe.rollout
+    if r.temperature <= 0:
+        raise InputError(f"rollout.temperature: GRPO needs sampling (> 0), got {r.temperature}: greedy decoding "
+                         "gives every completion of a group the same tokens")
+    if r.top_p < 1:
+        raise InputError(f"rollout.top_p: {r.top_p} < 1 is not supported by GRPO: the trainer scores the full "
+                         "softmax(logits / temperature), not the top-p truncated distribution; set rollout.top_p: 1.0")
+    if r.logprobs == "raw" and r.temperature != 1:
+        raise InputError(f"rollout.logprobs: raw reports untempered logprobs, but at rollout.temperature "
+                         f"{r.temperature} the trainer scores softmax(logits / T); use processed")
+
+
 def loss_config(recipe: Recipe) -> GRPOLossConfig:
     g = recipe.grpo
     return GRPOLossConfig(
@@ -180,8 +196,8 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
         started.append(RewardService.start(recipe.rewards, placement=plan.reward))
         started.append(None if plan.reference is None else ReferenceGroup.start(
             recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, placement=plan.reference))
-        started.append(TrainerGroup.start(TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed),
-                                          placement=plan.trainer))
+        spec = TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed, schedule_unit="grpo_step")
+        started.append(TrainerGroup.start(spec, placement=plan.trainer))
         engines, scorer, reference, policy = started
         record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group, "reward": scorer.actor,
                                    "reference": reference.group if reference else None})
@@ -196,6 +212,7 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
     from rl_pipeline.cluster import connect
 
     inputs = check_grpo_inputs(recipe)
+    check_sampling(recipe)  # training only: `rlp eval` may sample with top-p or greedily
     run = RunDir.open(recipe, run_dir, resume)
     resumed = run.latest() if resume else None
     start = resumed.step if resumed else 0
@@ -212,21 +229,24 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
                 log.info("resumed from %s at step %d", resumed.checkpoint, start)
             elif recipe.grpo.eval_every and inputs.eval:
                 tracker.log(0, _evaluate(recipe, inputs, actors, 0))  # the starting policy
-            _loop(recipe, inputs, actors, stream, run, tracker, start)
-            final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps) if inputs.eval else {}
+            final_eval = _loop(recipe, inputs, actors, stream, run, tracker, start)
+            if inputs.eval and not final_eval:  # the last step did not evaluate
+                final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps)
             actors.policy.save_hf(str(run.final_model))
         finally:
             tracker.close()
             actors.shutdown()
+            run.remove_unfinished_saves()  # a save interrupted mid-write; its ranks are stopped now
     return GRPOResult(run.path, run.final_model, recipe.grpo.steps, final_eval)
 
 
 def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, run: RunDir,
-          tracker: Tracker, start: int) -> None:
+          tracker: Tracker, start: int) -> dict:
+    """Steps `start`..grpo.steps-1; returns the last step's evaluation metrics ({} if it had none)."""
     from rl_pipeline.progress import StepProgress
 
     g = recipe.grpo
-    ahead = None
+    ahead, last_eval = None, {}
     if g.overlap_generation:
         def collect(step: int):
             timer = PhaseTimer()
@@ -239,7 +259,8 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                 metrics = _step(recipe, inputs, actors, stream, step, ahead)
                 done = step + 1
                 if g.eval_every and inputs.eval and (done % g.eval_every == 0 or done == g.steps):
-                    metrics.update(_evaluate(recipe, inputs, actors, done))
+                    last_eval = _evaluate(recipe, inputs, actors, done)
+                    metrics.update(last_eval)
                 tracker.log(done, metrics)
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
@@ -248,6 +269,7 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     finally:
         if ahead is not None:
             ahead.close()
+    return last_eval  # the last step always evaluates when eval_every is set
 
 
 def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, step: int,
@@ -272,11 +294,13 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         ahead.start(step + 1, stream.position)
     if actors.reference is not None:
         with timer("reference"):
-            actors.reference.add_logprobs(batch.samples)
+            actors.reference.add_logprobs(batch.samples, recipe.rollout.temperature)
     with timer("train"):
-        shards = _micro_batches(batch, recipe.trainer)
-        metrics["train/padding_share"] = _padding_share(shards)
-        metrics.update(actors.policy.grpo_step(shards, batch.normaliser(), loss_config(recipe), g.inner_epochs))
+        mini_batches = batch.mini_batches(recipe.trainer.num_ranks, g.mini_batches, recipe.trainer.micro_batch_size,
+                                          recipe.trainer.max_tokens_per_micro_batch)
+        metrics["train/padding_share"] = _padding_share(mini_batches)
+        metrics.update(actors.policy.grpo_step(mini_batches, loss_config(recipe), step, g.inner_epochs,
+                                               recipe.rollout.temperature))
     if ahead is not None:
         with timer("rollout_wait"):
             ahead.wait()
@@ -302,18 +326,30 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
         with timer("reward"):
             flat = [c for group in completions for c in group]
             scored = actors.scorer.score([p.text for p in prompts for _ in range(g.group_size)],
-                                         [c.text for c in flat], columns_for(prompts, g.group_size))
+                                         [c.text for c in flat], reward_columns(prompts, completions))
         batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total,
                                    scale_by_std=g.scale_advantages_by_std, drop_flat_groups=g.drop_flat_groups,
                                    mask_truncated=g.mask_truncated))
         if round_ == 0:
             metrics = _rollout_stats(flat, scored, inputs.correct_component, g.accuracy_threshold,
                                      timer.seconds["generate"])
+            metrics["data/prompts_crc32"] = float(zlib.crc32(repr([p.row for p in prompts]).encode()))
         kept = sum(b.groups_total - b.groups_dropped for b in batches)
         if not g.drop_flat_groups or kept >= g.prompts_per_step:
             break
     metrics["train/refill_rounds"] = float(len(batches) - 1)
     return merge_batches(batches), metrics
+
+
+def reward_columns(prompts: list[Prompt], completions: list[list]) -> dict[str, list]:
+    """Columns of every completion for the reward functions: its prompt's dataset columns, then
+    what the rollout knows (these win over dataset columns of the same name): completion_length
+    (tokens), finish_reason ("stop" | "length") and truncated (hit rollout.max_tokens)."""
+    flat = [c for group in completions for c in group]
+    return {**columns_for(prompts, len(completions[0])),
+            "completion_length": [len(c.token_ids) for c in flat],
+            "finish_reason": [c.finish_reason for c in flat],
+            "truncated": [c.truncated for c in flat]}
 
 
 def _rollout_stats(flat, scored, correct_component: str, threshold: float, generate_s: float) -> dict:
@@ -344,17 +380,9 @@ def _batch_stats(batch: GRPOBatch) -> dict:
     }
 
 
-def _micro_batches(batch: GRPOBatch, trainer: TrainerConfig) -> list[list[list[dict]]]:
-    """shards[rank][micro_batch]: by token budget when trainer.max_tokens_per_micro_batch is set."""
-    if trainer.max_tokens_per_micro_batch is None:
-        return batch.shards(trainer.num_ranks, trainer.micro_batch_size)
-    rows = [s.as_row() for s in batch.samples]
-    return token_budget_shards(rows, trainer.num_ranks, trainer.max_tokens_per_micro_batch)
-
-
-def _padding_share(shards: list[list[list[dict]]]) -> float:
+def _padding_share(mini_batches: list[tuple[list, object]]) -> float:
     """Share of the trainer's forward-pass tokens that are padding."""
-    padded, real = map(sum, zip(*(padded_tokens(rank) for rank in shards)))
+    padded, real = map(sum, zip(*(padded_tokens(rank) for shards, _ in mini_batches for rank in shards)))
     return 1.0 - real / max(padded, 1)
 
 

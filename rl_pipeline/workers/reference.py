@@ -1,5 +1,6 @@
 """The reference model: a frozen copy of the starting policy that computes per-token logprobs
-of given sequences for the KL term. Started only when grpo.kl_coef > 0."""
+of given sequences for the KL term, at the sampling temperature (softmax(logits / T), as the
+trainer scores pi_theta). Started only when grpo.kl_coef > 0."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ class ReferenceWorker:
         self.pad_id = load_tokenizer(model.tokenizer or model.path, model.trust_remote_code).pad_token_id
 
     @torch.no_grad()
-    def completion_logprobs(self, rows: list[dict], micro_batch_size: int = 16) -> list[list[float]]:
-        """For each row (input_ids, prompt_len): logprobs of its completion tokens."""
+    def completion_logprobs(self, rows: list[dict], micro_batch_size: int = 16,
+                            temperature: float = 1.0) -> list[list[float]]:
+        """For each row (input_ids, prompt_len): logprobs of its completion tokens at `temperature`."""
         from rl_pipeline.batch import collate_grpo
         from rl_pipeline.models.logprobs import sequence_logprobs
 
@@ -30,7 +32,8 @@ class ReferenceWorker:
         for i in range(0, len(rows), micro_batch_size):
             chunk = [{**r, "trained": True, "ref_logprobs": None} for r in rows[i : i + micro_batch_size]]
             batch = collate_grpo(chunk, self.pad_id, self.device)
-            logp, _ = sequence_logprobs(self.model, batch["input_ids"], None, batch["position_ids"])
+            logp, _ = sequence_logprobs(self.model, batch["input_ids"], None, batch["position_ids"],
+                                        temperature=temperature, positions=batch["mask"])
             for row, values in zip(chunk, logp.float().cpu()):
                 start = row["prompt_len"] - 1
                 out.append(values[start : start + len(row["input_ids"]) - row["prompt_len"]].tolist())
@@ -54,12 +57,12 @@ class ReferenceGroup:
                                  **placement.group_kwargs())
         return cls(group)
 
-    def add_logprobs(self, samples) -> None:
-        """Fill `ref_logprobs` of every GRPOSample in place."""
+    def add_logprobs(self, samples, temperature: float = 1.0) -> None:
+        """Fill `ref_logprobs` of every GRPOSample in place, at the sampling `temperature`."""
         rows = [s.as_row() for s in samples]
         n = len(self.group)
         chunks = [rows[i * len(rows) // n : (i + 1) * len(rows) // n] for i in range(n)]
-        results = self.group.call_each("completion_logprobs", [(c,) for c in chunks])
+        results = self.group.call_each("completion_logprobs", [(c, 16, temperature) for c in chunks])
         for sample, logprobs in zip(samples, [lp for chunk in results for lp in chunk]):
             sample.ref_logprobs = logprobs
 

