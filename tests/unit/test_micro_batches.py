@@ -82,3 +82,24 @@ def test_gradient_is_the_same_whatever_the_micro_batches(tiny_model_dir, aggrega
     (budget,) = token_budget_shards(rows, ranks=1, max_tokens=40)
     assert len(budget) > 2  # really cut in several micro-batches
     torch.testing.assert_close(gradient(budget), fixed, rtol=1e-4, atol=1e-6)
+
+
+def test_grpo_mini_batches_cut_by_tokens_keep_each_mini_batch_and_its_normaliser():
+    from rl_pipeline.batch import GRPOBatch, GRPOSample
+
+    rng = random.Random(5)
+    samples = [GRPOSample(prompt_ids=[1, 2, 3], completion_ids=[7] * rng.randrange(1, 40), sampler_logprobs=[],
+                          advantage=1.0, reward=1.0, group=i // 4, truncated=False) for i in range(16)]
+    for s in samples:
+        s.sampler_logprobs = [-1.0] * len(s.completion_ids)
+    batch = GRPOBatch(samples, groups_total=4, groups_dropped=0)
+    by_rows = batch.mini_batches(ranks=2, count=2, micro_batch_size=3)
+    by_tokens = batch.mini_batches(ranks=2, count=2, micro_batch_size=3, max_tokens_per_micro_batch=64)
+    for (rows_shards, rows_norm), (token_shards, token_norm) in zip(by_rows, by_tokens):
+        # The same samples make up mini-batch k either way, so its normaliser is the same.
+        assert (token_norm.tokens, token_norm.sequences) == (rows_norm.tokens, rows_norm.sequences)
+        same = lambda shards: sorted(tuple(r["input_ids"]) for rank in shards for mb in rank for r in mb)  # noqa: E731
+        assert same(token_shards) == same(rows_shards)
+        assert len(token_shards[0]) == len(token_shards[1])
+        assert all(len(mb) * max(len(r["input_ids"]) for r in mb) <= 64 or len(mb) == 1
+                   for rank in token_shards for mb in rank)
