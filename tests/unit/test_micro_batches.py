@@ -103,3 +103,17 @@ def test_grpo_mini_batches_cut_by_tokens_keep_each_mini_batch_and_its_normaliser
         assert len(token_shards[0]) == len(token_shards[1])
         assert all(len(mb) * max(len(r["input_ids"]) for r in mb) <= 64 or len(mb) == 1
                    for rank in token_shards for mb in rank)
+
+
+def test_the_cut_closes_a_micro_batch_early_when_the_padding_saved_beats_a_pass():
+    from rl_pipeline.data.micro_batches import PASS_COST_TOKENS
+
+    # One row of 1000 tokens and 99 rows of 10; all 100 fit one micro-batch of 100 x 1000 tokens.
+    # Together: 100,000 padded tokens + one pass. Split: 1,000 + 990 tokens + two passes
+    # (1,990 + 2 x 8,192 = 18,374 < 108,192), so the cut must split them.
+    rows = [{"input_ids": [0] * 1000}] + [{"input_ids": [0] * 10} for _ in range(99)]
+    (rank,) = token_budget_shards(rows, ranks=1, max_tokens=100_000)
+    assert PASS_COST_TOKENS == 8192 and [len(mb) for mb in rank] == [1, 99]
+    # Rows of equal length are never split needlessly: 40 x 100 tokens fit one pass of 4,000.
+    (same,) = token_budget_shards([{"input_ids": [0] * 100} for _ in range(40)], ranks=1, max_tokens=4000)
+    assert [len(mb) for mb in same] == [40]
