@@ -177,6 +177,26 @@ def isolation_problem(report: dict | None = None) -> str | None:
     return next((text for failed, text in problems if failed), None)
 
 
+class SandboxUnavailable(RuntimeError):
+    """Model-written code would run without isolation here, and nobody opted in."""
+
+
+def isolation_error(where: str) -> str | None:
+    """The one-line refusal for the reward at ``where`` (e.g. ``rewards.functions[0]``), or None."""
+    problem = isolation_problem()
+    if problem is None:
+        return None
+    return (f"{where}: model-written code cannot be isolated on this machine ({problem}); for a trusted "
+            f"local experiment only, opt in with {where}.kwargs.allow_unisolated: true")
+
+
+def ensure_isolation(where: str) -> None:
+    """Raise :class:`SandboxUnavailable` unless this machine isolates model-written code."""
+    message = isolation_error(where)
+    if message is not None:
+        raise SandboxUnavailable(message)
+
+
 def sandbox_python() -> str:
     """An interpreter the sandbox user can execute: ours if world-executable, else a system one."""
     if os.geteuid() != 0:
