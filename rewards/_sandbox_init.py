@@ -42,6 +42,7 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 SANDBOX_DIR = "/tmp/sandbox"
 SKIP_READONLY = ("/proc", "/sys", "/dev", "/tmp")
 REFUSED = 126
+CAP_SETUID = 7
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -88,8 +89,7 @@ def setup_mounts(cfg: dict) -> list[str]:
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=755")
             mounted.append(path)
-    owner = None if cfg["userns"] else cfg["uid"]  # uid 0 of a user namespace already owns them
-    write_files(SANDBOX_DIR, cfg["files"], owner, cfg["gid"])
+    write_files(SANDBOX_DIR, cfg["files"], cfg["uid"] if cfg["switch_uid"] else None, cfg["gid"])
     return mounted + _remount_readonly(keep=set(mounted))
 
 
@@ -99,7 +99,7 @@ def write_files(folder: str, files: dict[str, str], uid: int | None, gid: int | 
     for name, text in files.items():
         with open(os.path.join(folder, name), "w") as f:
             f.write(text)
-    if uid is not None and os.geteuid() == 0:
+    if uid is not None:
         for path in (folder, *(os.path.join(folder, name) for name in files)):
             os.chown(path, uid, gid)
 
@@ -146,7 +146,7 @@ def limit_and_exec(cfg: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if cfg["isolated"]:
         drop_capabilities()
-    if os.geteuid() == 0 and not cfg.get("userns"):
+    if cfg["switch_uid"]:
         os.setgroups([])
         os.setgid(cfg["gid"])
         os.setuid(cfg["uid"])
@@ -188,6 +188,12 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _has_capability(cap: int) -> bool:
+    with open("/proc/self/status") as f:
+        effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    return bool(effective >> cap & 1)
+
+
 def _send(report_fd: int, record: dict) -> None:
     os.write(report_fd, (json.dumps(record) + "\n").encode())
 
@@ -207,7 +213,7 @@ def _run_unisolated(cfg: dict, report_fd: int) -> int:
 
     folder = tempfile.mkdtemp(prefix="rlp-sandbox-unisolated-")
     try:
-        write_files(os.path.join(folder, "sandbox"), cfg["files"], cfg["uid"], cfg["gid"])
+        write_files(os.path.join(folder, "sandbox"), cfg["files"], cfg["uid"] if cfg["switch_uid"] else None, cfg["gid"])
         os.chmod(folder, 0o755)
         cfg["unisolated_dir"] = os.path.join(folder, "sandbox")
         return run_init(cfg, report_fd)
@@ -222,6 +228,9 @@ def main() -> int:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     report = enter_namespaces()
     cfg["userns"], cfg["isolated"] = report["userns"], report["namespaces"]
+    # root switches the program to uid 65534; uid 0 of a user namespace (or a root without
+    # CAP_SETUID, as in an unprivileged container) cannot, and keeps its uid without capabilities
+    cfg["switch_uid"] = os.geteuid() == 0 and not cfg["userns"] and _has_capability(CAP_SETUID)
     _send(report_fd, report)
     if not report["namespaces"]:
         if cfg["require_isolation"]:
