@@ -223,7 +223,7 @@ def _execute(cfg: dict, stdin: bytes, limits: SandboxLimits) -> SandboxResult:
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(LAUNCHER), str(config_read), str(report_write)],
+            [cfg["argv"][0], "-I", "-S", str(LAUNCHER), str(config_read), str(report_write)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
             env={"PATH": "/usr/bin:/bin"}, start_new_session=True, pass_fds=(config_read, report_write),
         )
