@@ -153,3 +153,8 @@ def test_the_score_stays_in_the_unit_interval_whatever_the_channel_carries():
         verdicts = judge(suite, read_claims(text, 2), SandboxLimits(), True)
         assert len(verdicts) == 2 and 0 <= sum(verdicts) / 2 <= 1
     assert judge(suite, read_claims("0\t[\"int\", \"3\"]\n1\t[\"int\", \"4\"]", 2), SandboxLimits(), True) == [True, True]
+
+
+def test_a_test_that_does_not_parse_counts_as_failed(code):
+    program = "def add(a, b):\n    return a + b"
+    assert code(["q"], [program], tests=[["assert add(1, 2) == 3", "assert add(1,"]]) == [0.5]

@@ -182,6 +182,16 @@ REFUSAL_CHECK = textwrap.dedent("""
             check(RewardsConfig(functions=[{"name": "format"}, {"name": "code"}]))
         except ValueError as exc:
             seen[label] = str(exc)
+    import pathlib, tempfile
+    from rl_pipeline.pipelines.pipeline import run_pipeline
+    folder = pathlib.Path(tempfile.mkdtemp())
+    (folder / "p.yaml").write_text(
+        "name: t\nstages:\n  - {name: sft, kind: sft, recipe: {model: {path: m}}}\n"
+        "  - {name: rl, kind: grpo, recipe: {model: {path: m}, rewards: {functions: [{name: code}]}}}\n")
+    try:
+        run_pipeline(folder / "p.yaml", run_dir=folder / "run")
+    except ValueError as exc:
+        seen["pipeline"] = [str(exc), (folder / "run").exists()]
     opted_in = rewards.get("code", allow_unisolated=True)
     seen["opted_in"] = opted_in(["q"], ["print(3)"], tests=[[{"input": "", "output": "3"}]])
     print(json.dumps(seen))
@@ -207,4 +217,6 @@ def test_without_namespaces_model_code_is_refused_unless_opted_in():
         assert seen[label].startswith("rewards.functions[1]: model-written code cannot be isolated")
         assert "rewards.functions[1].kwargs.allow_unisolated: true" in seen[label]
         assert "\n" not in seen[label]
+    message, run_dir_made = seen["pipeline"]  # refused before the first stage ran
+    assert message.startswith("stages[1] (rl): rewards.functions[0]: model-written code") and not run_dir_made
     assert seen["opted_in"] == [1.0]
