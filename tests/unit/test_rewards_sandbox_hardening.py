@@ -186,8 +186,8 @@ REFUSAL_CHECK = textwrap.dedent("""
     from rl_pipeline.pipelines.pipeline import run_pipeline
     folder = pathlib.Path(tempfile.mkdtemp())
     (folder / "p.yaml").write_text(
-        "name: t\nstages:\n  - {name: sft, kind: sft, recipe: {model: {path: m}}}\n"
-        "  - {name: rl, kind: grpo, recipe: {model: {path: m}, rewards: {functions: [{name: code}]}}}\n")
+        "name: t\\nstages:\\n  - {name: sft, kind: sft, recipe: {model: {path: m}}}\\n"
+        "  - {name: rl, kind: grpo, recipe: {model: {path: m}, rewards: {functions: [{name: code}]}}}\\n")
     try:
         run_pipeline(folder / "p.yaml", run_dir=folder / "run")
     except ValueError as exc:
