@@ -48,9 +48,9 @@ from rewards.sandbox import SandboxLimits, run
 
 CODEC_SOURCE = Path(_code_values.__file__).read_text()
 BUILTIN_NAMES = frozenset(dir(builtins))
-SAFE_FUNCTIONS = {name: getattr(builtins, name) for name in (
+SAFE_FUNCTIONS = {name: getattr(builtins, name) for name in (  # none allocates by a value's size
     "abs", "all", "any", "bool", "dict", "float", "frozenset", "int", "isinstance", "len", "list", "max",
-    "min", "repr", "round", "set", "sorted", "str", "sum", "tuple", "type", "complex")}  # nothing that allocates by a value's size
+    "min", "repr", "round", "set", "sorted", "str", "sum", "tuple", "type", "complex")}
 SAFE_NODES = (
     ast.Expression, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.Constant, ast.List, ast.Tuple,
     ast.Set, ast.Dict, ast.Name, ast.Load, ast.Call, ast.keyword, ast.Subscript, ast.Slice,

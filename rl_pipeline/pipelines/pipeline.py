@@ -119,12 +119,15 @@ def check_sandboxes(plan: PipelinePlan) -> None:
     isolated on this machine (or opt out), so a late stage cannot fail hours into the run."""
     from rl_pipeline.workers.reward import check_isolation
 
-    for i, stage in enumerate(plan.stages):
-        if stage.recipe.rewards is not None:
+    recipes = [(f"stages[{i}] ({stage.name})", stage.recipe) for i, stage in enumerate(plan.stages)]
+    if plan.report.get("recipe") is not None:
+        recipes.append(("report.recipe", plan.report["recipe"]))
+    for where, recipe in recipes:
+        if recipe.rewards is not None:
             try:
-                check_isolation(stage.recipe.rewards)
+                check_isolation(recipe.rewards)
             except InputError as exc:
-                raise InputError(f"stages[{i}] ({stage.name}): {exc}") from None
+                raise InputError(f"{where}: {exc}") from None
 
 
 def prepare_inputs(plan: PipelinePlan) -> None:

@@ -5,8 +5,9 @@ Three entry points, all returning a :class:`RewardResult`:
 - :func:`score_batch` / :class:`RewardScorer`: plain Python, no Ray needed;
 - :class:`RewardService`: the same scorer inside a Ray actor (``RewardService.start(config)``),
   which is what the GRPO driver and the distillation pipeline call;
-- :func:`validate`: checks a recipe's ``rewards`` section (names resolve, keyword arguments fit)
-  when the recipe loads, before any actor starts.
+- :func:`validate`: checks a recipe's ``rewards`` section (names resolve, keyword arguments fit,
+  rewards that run model-written code are isolated here) when the recipe loads, before any actor
+  starts.
 
 How functions run. Rule-based functions (math, format, code, user functions) run one sample at a
 time in a pool of ``num_workers`` worker processes (``rewards.pool``); a sample that runs past
