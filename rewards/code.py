@@ -16,7 +16,9 @@ else the text after ``</think>``, else the whole completion. Tests come from the
 
 Score = fraction of tests passed, in [0, 1] by construction; ``None`` for a row without tests.
 Each run is confined by ``rewards.sandbox`` (limits from the keyword arguments; ``memory_mb``
-bounds the program's whole process tree); runs go in parallel over threads.
+bounds the program's whole process tree: each of at most ``processes`` processes gets
+``memory_mb / processes``, so ``processes=1`` gives a program that never forks all of it); runs
+go in parallel over threads.
 
 Fail closed: the reward refuses to run (raises :class:`rewards.sandbox.SandboxUnavailable`)
 where the sandbox cannot isolate the program (see :func:`rewards.sandbox.isolation_problem`),
@@ -65,6 +67,7 @@ def code_reward(
     timeout_s: float = 5.0,
     cpu_s: int = 4,
     memory_mb: int = 1024,
+    processes: int = 8,
     per_test_s: float = 2.0,
     max_parallel: int | None = None,
     allow_unisolated: bool = False,
@@ -78,7 +81,7 @@ def code_reward(
             f"reward 'code' needs a {tests_column!r} column (stdin/stdout pairs or asserts); "
             f"columns are: {', '.join(sorted(columns)) or '(none)'}"
         )
-    limits = SandboxLimits(wall_s=timeout_s, cpu_s=cpu_s, memory_bytes=memory_mb << 20)
+    limits = SandboxLimits(wall_s=timeout_s, cpu_s=cpu_s, memory_bytes=memory_mb << 20, processes=processes)
     isolated = not allow_unisolated
     jobs = []  # (row, index of test in row, callable)
     totals: list[int | None] = []

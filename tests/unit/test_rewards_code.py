@@ -158,3 +158,14 @@ def test_the_score_stays_in_the_unit_interval_whatever_the_channel_carries():
 def test_a_test_that_does_not_parse_counts_as_failed(code):
     program = "def add(a, b):\n    return a + b"
     assert code(["q"], [program], tests=[["assert add(1, 2) == 3", "assert add(1,"]]) == [0.5]
+
+
+def test_memory_is_shared_by_the_allowed_processes():
+    """memory_mb bounds the tree: 256 MiB over 8 processes leaves 32 MiB each, too little for a
+    100 MiB list; with processes=1 the one program may use all 256 MiB."""
+    program = "x = bytearray(100 << 20)\nprint('ok')"
+    tests = [[{"input": "", "output": "ok"}]]
+    split = rewards.get("code", memory_mb=256)
+    whole = rewards.get("code", memory_mb=256, processes=1)
+    assert split(["q"], [program], tests=tests) == [0.0]
+    assert whole(["q"], [program], tests=tests) == [1.0]
