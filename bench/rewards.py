@@ -4,9 +4,14 @@ Each workload runs through the reward scorer's worker pool (the path the reward 
 no Ray needed for the measurement) and, for reference, as one in-process batch call. The
 timeout path is exercised on purpose: a few math samples hang (an injected user reward that
 sleeps) and must be cut at ``--timeout`` by killing their worker; a few programs loop forever and
-must be stopped by the sandbox's CPU limit. Prints a table; run:
+must be stopped by the sandbox's CPU limit. Code is measured with stdin/stdout tests (one run
+per test) and with assert-style tests (three asserts per row, judged outside the program).
+Prints a table; run:
 
-    .venv/bin/python bench/rewards.py [--batch 1024] [--workers 2]
+    .venv/bin/python bench/rewards.py [--batch 1024] [--workers 2] [--workloads math,code]
+
+It imports ``rewards`` and ``rl_pipeline`` from the path, so the same script measures another
+checkout with ``PYTHONPATH=that/checkout``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ math_or_hang.warmup = rewards.get("math").target.warmup  # import math-verify be
 ADD_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)"
 WRONG_PROGRAM = "a, b = map(int, input().split())\nprint(a - b)"
 LOOP_PROGRAM = "while True:\n    pass"
+ADD_FUNCTION = "def add(a, b):\n    return a + b"
+WRONG_FUNCTION = "def add(a, b):\n    return a - b"
 
 
 @dataclass
@@ -92,6 +99,17 @@ def code_batch(n: int, loops: int, rng: random.Random) -> tuple[list[str], list[
         tests.append([{"input": f"{a} {b}\n", "output": str(a + b)}])
     for i in rng.sample(range(n), loops):
         completions[i] = f"```python\n{LOOP_PROGRAM}\n```"
+    return completions, tests
+
+
+def assert_batch(n: int, rng: random.Random) -> tuple[list[str], list[list[str]]]:
+    """Assert-style rows: three asserts each, half the programs right."""
+    completions, tests = [], []
+    for _ in range(n):
+        program = ADD_FUNCTION if rng.random() < 0.5 else WRONG_FUNCTION
+        completions.append(f"```python\n{program}\n```")
+        pairs = [(rng.randint(0, 99), rng.randint(0, 99)) for _ in range(3)]
+        tests.append([f"assert add({a}, {b}) == {a + b}" for a, b in pairs])
     return completions, tests
 
 
@@ -166,6 +184,10 @@ def bench_code(args: argparse.Namespace, rng: random.Random) -> list[Row]:
     completions, tests = code_batch(args.batch, args.loops, rng)
     rows.append(run_pooled("code + infinite loops", "code", code_kwargs, completions, {"tests": tests},
                            args.workers, 10.0, args.loops))
+    completions, tests = assert_batch(args.batch, rng)
+    rows.append(run_inline("code asserts (3 each)", "code", code_kwargs, completions, {"tests": tests}, 0))
+    rows.append(run_pooled("code asserts (3 each)", "code", code_kwargs, completions, {"tests": tests},
+                           args.workers, 10.0, 0))
     return rows
 
 

@@ -6,18 +6,24 @@ else the text after ``</think>``, else the whole completion. Tests come from the
 
 - stdin/stdout pairs: ``[{"input": "1 2\\n", "output": "3"}, ...]`` or
   ``{"inputs": [...], "outputs": [...]}``: one sandboxed run per pair; a pair passes when the
-  program exits 0 and its output matches (whitespace-separated tokens compared);
+  program exits 0 and its output matches (whitespace-separated tokens compared). The expected
+  output never enters the sandbox: the caller compares.
 - assert-style tests: a list of strings or one string of Python. Top-level ``assert``
-  statements are the tests, other statements (imports, helpers) run before them. One
-  sandboxed run executes the program (as module ``solution``, so ``if __name__ == "__main__"``
-  blocks do not run), then each assert with its own time limit; the harness
-  reports the passing ones on a line tagged with a random nonce it deletes before the program
-  runs, so a program that exits early (``sys.exit(0)``) or crashes passes nothing. (This
-  stops accidental and naive passes, not a program that searches the harness's memory.)
+  statements are the tests, other statements (imports, helpers) are setup. The verdict is
+  computed where the program cannot reach it: see ``rewards.code_asserts`` for the design and
+  for exactly which attacks it stops and which it does not.
 - JSON strings of either form are decoded first.
 
-Score = fraction of tests passed; ``None`` for a row without tests. Each run is confined by
-``rewards.sandbox`` (limits from the keyword arguments); runs go in parallel over threads.
+Score = fraction of tests passed, in [0, 1] by construction; ``None`` for a row without tests.
+Each run is confined by ``rewards.sandbox`` (limits from the keyword arguments; ``memory_mb``
+bounds the program's whole process tree: each of at most ``processes`` processes gets
+``memory_mb / processes``, so ``processes=1`` gives a program that never forks all of it); runs
+go in parallel over threads.
+
+Fail closed: the reward refuses to run (raises :class:`rewards.sandbox.SandboxUnavailable`)
+where the sandbox cannot isolate the program (see :func:`rewards.sandbox.isolation_problem`),
+unless ``allow_unisolated=True`` (trusted local experiments only). The recipe check does the
+same before any actor starts, naming ``rewards.functions[i]``.
 """
 
 from __future__ import annotations
@@ -27,54 +33,17 @@ import json
 import logging
 import os
 import re
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from rewards import register
-from rewards.sandbox import SandboxLimits, run, run_python
+from rewards.code_asserts import judge, run_probes, split_suite
+from rewards.sandbox import SandboxLimits, ensure_isolation, run_python
 
 logger = logging.getLogger(__name__)
 
 FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
-
-ASSERT_HARNESS = r'''
-import json, os, signal, sys
-
-def _harness():
-    with open("tests.json") as f:
-        spec = json.load(f)
-    os.unlink("tests.json")
-    out = os.dup(1)
-    def on_alarm(signum, frame):
-        raise TimeoutError("test took too long")
-    signal.signal(signal.SIGALRM, on_alarm)
-    namespace = {"__name__": "solution"}
-    passed = []
-    try:
-        with open("main.py") as f:
-            program = compile(f.read(), "main.py", "exec")
-        setup = compile(spec["setup"], "tests_setup.py", "exec")
-        signal.setitimer(signal.ITIMER_REAL, spec["per_test_s"])
-        exec(program, namespace)
-        exec(setup, namespace)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    except BaseException:
-        spec["tests"] = []
-    nonce = spec.pop("nonce")
-    for index, test in enumerate(spec["tests"]):
-        try:
-            signal.setitimer(signal.ITIMER_REAL, spec["per_test_s"])
-            exec(compile(test, f"test_{index}.py", "exec"), namespace)
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            passed.append(index)
-        except BaseException:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    os.write(out, ("\n" + nonce + " " + json.dumps(passed) + "\n").encode())
-
-_harness()
-'''
 
 
 @dataclass(frozen=True)
@@ -97,28 +66,33 @@ def code_reward(
     tests_column: str = "tests",
     timeout_s: float = 5.0,
     cpu_s: int = 4,
-    memory_mb: int = 512,
+    memory_mb: int = 1024,
+    processes: int = 8,
     per_test_s: float = 2.0,
     max_parallel: int | None = None,
+    allow_unisolated: bool = False,
     **columns: Any,
 ) -> list[float | None]:
     """Fraction of each row's tests that its completion's program passes."""
+    if not allow_unisolated:
+        ensure_isolation("reward 'code'")
     if tests_column not in columns:
         raise ValueError(
             f"reward 'code' needs a {tests_column!r} column (stdin/stdout pairs or asserts); "
             f"columns are: {', '.join(sorted(columns)) or '(none)'}"
         )
-    limits = SandboxLimits(wall_s=timeout_s, cpu_s=cpu_s, memory_bytes=memory_mb << 20)
+    limits = SandboxLimits(wall_s=timeout_s, cpu_s=cpu_s, memory_bytes=memory_mb << 20, processes=processes)
+    isolated = not allow_unisolated
     jobs = []  # (row, index of test in row, callable)
     totals: list[int | None] = []
     for row, (completion, raw) in enumerate(zip(completions, columns[tests_column])):
         program, tests = extract_program(completion), parse_tests(raw)
         totals.append(None if tests is None else _count(tests))
         if isinstance(tests, AssertSuite) and tests.tests:
-            jobs.append((row, lambda p=program, t=tests: run_asserts(p, t, limits, per_test_s)))
+            jobs.append((row, lambda p=program, t=tests: run_asserts(p, t, limits, per_test_s, isolated)))
         elif isinstance(tests, list):
             for case in tests:
-                jobs.append((row, lambda p=program, c=case: float(run_io_case(p, c, limits))))
+                jobs.append((row, lambda p=program, c=case: float(run_io_case(p, c, limits, isolated))))
     passed = [0.0] * len(completions)
     workers = max_parallel or max(1, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -179,22 +153,19 @@ def _count(tests: list[IOCase] | AssertSuite) -> int:
     return len(tests.tests) if isinstance(tests, AssertSuite) else len(tests)
 
 
-def run_io_case(program: str, case: IOCase, limits: SandboxLimits) -> bool:
+def run_io_case(program: str, case: IOCase, limits: SandboxLimits, isolated: bool = True) -> bool:
     """Whether the program, fed ``case.stdin``, exits 0 printing ``case.expected``."""
-    result = run_python(program, stdin=case.stdin, limits=limits)
+    result = run_python(program, stdin=case.stdin, limits=limits, require_isolation=isolated)
     return result.ok and result.stdout.split() == case.expected.split()
 
 
-def run_asserts(program: str, suite: AssertSuite, limits: SandboxLimits, per_test_s: float) -> float:
-    """Number of the suite's asserts that pass after running the program (one sandboxed run)."""
-    nonce = secrets.token_hex(16)
-    spec = {"nonce": nonce, "setup": suite.setup, "tests": list(suite.tests), "per_test_s": per_test_s}
-    files = {"main.py": program, "harness.py": ASSERT_HARNESS, "tests.json": json.dumps(spec)}
-    result = run(["harness.py"], limits=limits, files=files)
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith(nonce + " "):
-            try:
-                return float(len(set(json.loads(line[len(nonce) + 1:]))))
-            except ValueError:
-                return 0.0
-    return 0.0
+def run_asserts(program: str, suite: AssertSuite, limits: SandboxLimits, per_test_s: float,
+                isolated: bool = True) -> float:
+    """Number of the suite's asserts that pass, judged outside the program's reach."""
+    split = split_suite(suite.setup, suite.tests)
+    claims = run_probes(program, split, limits, per_test_s, isolated)
+    verdicts = judge(split, claims, limits, isolated)
+    return float(sum(verdicts[:len(suite.tests)]))
+
+
+code_reward.runs_model_code = True  # the recipe check refuses it where the sandbox cannot isolate

@@ -1,39 +1,53 @@
 """Run an untrusted Python program in a sandbox and return what it printed.
 
-Each run gets its own process group (``setsid``), a fresh temporary directory (its only
-writable place), a scrubbed environment (``PATH``, ``LANG``, ``HOME``/``TMPDIR`` = its
-directory, nothing of the caller's), resource limits (CPU seconds, address space, file size,
-process count, open files) and a wall-clock timeout; afterwards the whole process group is
-SIGKILLed and the directory removed. The launcher (``_sandbox_init.py``) adds, where the
-kernel allows: new network, mount, PID, IPC and UTS namespaces (so there is no network at
-all, only a down loopback; every process the program started dies with it, even after
-``setsid``; the rest of the filesystem is read-only), and when running as root a switch to
-uid/gid 65534 (root ignores RLIMIT_NPROC).
+Each run gets its own process group (``setsid``), a scrubbed environment (``PATH``, ``LANG``,
+``HOME``/``TMPDIR`` = its folder, nothing of the caller's), resource limits (CPU seconds,
+address space, file size, process count, open files) and a wall-clock timeout; afterwards the
+whole process group is SIGKILLed. Configuration, program files, stdin, stdout, stderr and the
+launcher's report all travel through pipes: a run writes nothing on the host's disk, so a
+caller killed mid-run (a pool worker past its timeout) leaves no folder behind.
 
-Where namespaces are unavailable (no root and unprivileged user namespaces disabled) the
-program still runs with the limits, group kill and scrubbed environment, but the network is
-NOT isolated, a child that calls ``setsid()`` can outlive the run, and files writable by the
-caller's user stay writable; :func:`isolation` reports this and a warning is logged once.
+The launcher (``_sandbox_init.py``) puts the program in new network, mount, PID, IPC and UTS
+namespaces (no network at all, only a down loopback; every process the program started dies
+with it, even after ``setsid``); its only writable place is a private tmpfs of
+``tmpfs_bytes`` at ``/tmp`` (its files in ``/tmp/sandbox``), every other mount is read-only and
+it holds no capability, so it can remount nothing. As root it runs as uid/gid 65534; a
+non-root caller gets a user namespace in which the program is uid 0 without capabilities.
+
+Fail closed. Where the kernel refuses namespaces (unprivileged containers, a non-root pod
+without user namespaces) the launcher refuses to run the program (exit 126) unless the caller
+passes ``require_isolation=False`` (trusted local experiments only): then it runs with the
+limits but with the network on, the caller's files writable, and its files in a host
+temporary folder that a kill of the launcher can leave behind. :func:`isolation_problem` says,
+from a probe program run once per process, whether this machine isolates fully.
+
+Memory. ``memory_bytes`` bounds the whole process tree without cgroups: each process gets
+``memory_bytes / processes`` of address space (RLIMIT_AS) and at most ``processes`` processes
+may exist (RLIMIT_NPROC, per uid: concurrent runs share it), plus the tmpfs. No cgroup is
+created: a memory-limited child cgroup needs a delegated cgroup v2 subtree, which neither the
+development nor the CI machine has; a worker run under a memory-limited cgroup (a Kubernetes
+container limit) is bounded by that as well.
 
 Programs run as ``python -I -S -B``: the standard library only, no site-packages, no user
 site, no environment-driven imports. As root the interpreter must be executable by uid 65534,
-so a system Python (e.g. ``/usr/bin/python3``) is used when the caller's lives under ``/root``.
+so a system Python (e.g. ``/usr/bin/python3``) is used when the caller's lives under ``/root``;
+the launcher runs on that interpreter too (it starts in ~6 ms, a venv's pyenv Python in ~20).
 
-Stdout/stderr go to files the program cannot see (so RLIMIT_FSIZE also caps them) and are read
-back up to ``max_output_bytes``.
+Not stopped: a program may use its CPU and memory budget as it likes, create nested user
+namespaces (their mounts stay locked read-only), and see the host's kernel (uname, /sys).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-import shutil
+import selectors
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,21 +56,22 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("_sandbox_init.py")
 NOBODY = 65534
+REFUSED = 126  # the launcher's exit code when it would not run without isolation
 PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
-_WARNED: set[str] = set()
+CHUNK = 4096  # a pipe write of at most PIPE_BUF bytes never blocks once select says writable
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits of one sandboxed run."""
+    """Limits of one sandboxed run; ``memory_bytes`` bounds the whole process tree."""
 
     wall_s: float = 10.0
     cpu_s: int = 5
     memory_bytes: int = 1 << 30
     file_bytes: int = 16 << 20
-    processes: int = 32
+    processes: int = 8
     open_files: int = 64
-    tmpfs_bytes: int = 1 << 20
+    tmpfs_bytes: int = 32 << 20
     max_output_bytes: int = 1 << 20
 
 
@@ -83,10 +98,12 @@ def run_python(
     files: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
     python: str | None = None,
+    require_isolation: bool = True,
 ) -> SandboxResult:
     """Run ``source`` as ``main.py`` with ``stdin``; ``files`` are extra files beside it."""
     files = {"main.py": source, **(files or {})}
-    return run(["main.py"], stdin=stdin, limits=limits, files=files, env=env, python=python)
+    return run(["main.py"], stdin=stdin, limits=limits, files=files, env=env, python=python,
+               require_isolation=require_isolation)
 
 
 def run(
@@ -96,24 +113,90 @@ def run(
     files: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
     python: str | None = None,
+    require_isolation: bool = True,
 ) -> SandboxResult:
-    """Run ``python -I -S -B *args`` in a new sandbox directory holding ``files``."""
+    """Run ``python -I -S -B *args`` in a fresh sandbox folder holding ``files``."""
     limits = limits or SandboxLimits()
-    interpreter = python or sandbox_python()
-    private = Path(tempfile.mkdtemp(prefix="rlp-sandbox-io-"))  # outputs: unseen by the program
-    workdir = Path(tempfile.mkdtemp(prefix="rlp-sandbox-"))
-    try:
-        _populate(workdir, files or {})
-        cfg = _launch_config(interpreter, args, workdir, private, limits, env or {})
-        return _execute(cfg, stdin, private, limits)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(private, ignore_errors=True)
+    for name in files or {}:
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"sandbox file name {name!r} must be a plain file name")
+    cfg = {
+        "argv": [python or sandbox_python(), "-I", "-S", "-B", *args],
+        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONHASHSEED": "0", **(env or {})},
+        "files": dict(files or {}),
+        "uid": NOBODY, "gid": NOBODY,
+        "limits": asdict(limits),
+        "require_isolation": require_isolation,
+    }
+    return _execute(cfg, stdin.encode(), limits)
 
 
+PROBE = r"""
+import json, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+caps = {key: int(status[key], 16) for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+interfaces = [line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]]
+writable = [line.split()[4] for line in open("/proc/self/mountinfo")
+            if line.split()[4] != "/tmp" and os.access(line.split()[4].replace("\\040", " "), os.W_OK)]
+print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "caps": caps, "interfaces": interfaces,
+                  "no_new_privs": int(status.get("NoNewPrivs", "0")), "writable_mounts": writable}))
+"""
+
+
+@functools.lru_cache(maxsize=1)
 def isolation() -> dict:
-    """Which layers a run gets on this machine (runs a trivial program once)."""
-    return run_python("pass", limits=SandboxLimits(wall_s=10)).isolation
+    """Which layers a run gets on this machine: the launcher's report plus what a probe program
+    saw from inside (capabilities, network interfaces, uid, pid, writable mounts); cached."""
+    result = run_python(PROBE, limits=SandboxLimits(wall_s=30), require_isolation=False)
+    report = dict(result.isolation)
+    try:
+        report["probe"] = json.loads(result.stdout)
+    except ValueError:
+        report["probe"] = None
+        report["probe_error"] = (result.stderr or f"exit code {result.returncode}").strip()[-300:]
+    return report
+
+
+def isolation_problem(report: dict | None = None) -> str | None:
+    """Why model-written code would not be isolated here (one phrase), or None when it is."""
+    report = isolation() if report is None else report
+    if not report.get("namespaces"):
+        return (f"the kernel refused new namespaces (errno {report.get('unshare_errno')}): no network, PID "
+                "or mount isolation; run as root or enable unprivileged user namespaces")
+    probe = report.get("probe")
+    if not probe:
+        return f"the isolation probe failed: {report.get('probe_error', 'no output')}"
+    held = {name: bits for name, bits in probe["caps"].items() if bits}
+    problems = [
+        (held, f"the program keeps capabilities {held}"),
+        (not probe["no_new_privs"], "no_new_privs is not set"),
+        (probe["interfaces"] != ["lo"], f"network interfaces {probe['interfaces']} are visible"),
+        (probe["pid"] != 2, f"the program is pid {probe['pid']}, not in its own PID namespace"),
+        (os.geteuid() == 0 and probe["uid"] != NOBODY, f"a root caller's program runs as uid {probe['uid']}"),
+        (probe["writable_mounts"], f"mounts {probe['writable_mounts']} are writable"),
+    ]
+    return next((text for failed, text in problems if failed), None)
+
+
+class SandboxUnavailable(RuntimeError):
+    """Model-written code would run without isolation here, and nobody opted in."""
+
+
+def isolation_error(where: str) -> str | None:
+    """The one-line refusal for the reward at ``where`` (e.g. ``rewards.functions[0]``), or None."""
+    problem = isolation_problem()
+    if problem is None:
+        return None
+    return (f"{where}: model-written code cannot be isolated on this machine ({problem}); for a trusted "
+            f"local experiment only, opt in with {where}.kwargs.allow_unisolated: true")
+
+
+def ensure_isolation(where: str) -> None:
+    """Raise :class:`SandboxUnavailable` unless this machine isolates model-written code."""
+    message = isolation_error(where)
+    if message is not None:
+        raise SandboxUnavailable(message)
 
 
 def sandbox_python() -> str:
@@ -136,66 +219,78 @@ def _world_executable(path: str) -> bool:
     return all(parent.stat().st_mode & stat.S_IXOTH for parent in real.parents)
 
 
-def _populate(workdir: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        target = workdir / name
-        if target.resolve().parent != workdir.resolve():
-            raise ValueError(f"sandbox file name {name!r} must be a plain file name")
-        target.write_text(text)
-    if os.geteuid() == 0:
-        for path in (workdir, *workdir.iterdir()):
-            os.chown(path, NOBODY, NOBODY)
-    workdir.chmod(0o700)
-
-
-def _launch_config(
-    interpreter: str, args: list[str], workdir: Path, private: Path, limits: SandboxLimits,
-    extra_env: dict[str, str],
-) -> dict:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir),
-           "TMPDIR": str(workdir), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
-           **extra_env}
-    return {
-        "argv": [interpreter, "-I", "-S", "-B", *args],
-        "env": env,
-        "workdir": str(workdir),
-        "report_path": str(private / "report.json"),
-        "init_pid_path": str(private / "init_pid"),
-        "uid": NOBODY, "gid": NOBODY,
-        "limits": asdict(limits),
-    }
-
-
-def _execute(cfg: dict, stdin: str, private: Path, limits: SandboxLimits) -> SandboxResult:
-    (private / "stdin").write_text(stdin)
+def _execute(cfg: dict, stdin: bytes, limits: SandboxLimits) -> SandboxResult:
+    config_read, config_write = os.pipe()
+    report_read, report_write = os.pipe()
     start = time.monotonic()
-    timed_out = False
-    with open(private / "stdin", "rb") as fin, open(private / "stdout", "wb") as fout, \
-            open(private / "stderr", "wb") as ferr:
+    try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(cfg)],
-            stdin=fin, stdout=fout, stderr=ferr, cwd="/", env={"PATH": "/usr/bin:/bin"},
-            start_new_session=True, close_fds=True,
+            [cfg["argv"][0], "-I", "-S", str(LAUNCHER), str(config_read), str(report_write)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
+            env={"PATH": "/usr/bin:/bin"}, start_new_session=True, pass_fds=(config_read, report_write),
         )
-        try:
-            returncode = proc.wait(timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            _kill_group(proc.pid)
-            returncode = proc.wait()
-    _wait_namespace_gone(private / "init_pid")
-    wall = time.monotonic() - start
-    report = _read_report(private / "report.json")
-    _warn_if_weak(report)
+    finally:
+        os.close(config_read)
+        os.close(report_write)
+    try:
+        with open(config_write, "wb") as f:  # the launcher reads all of it before anything else
+            f.write(json.dumps(cfg).encode())
+    except BrokenPipeError:
+        pass
+    try:
+        stdout, stderr, timed_out = _communicate(proc, stdin, start + limits.wall_s, limits.max_output_bytes)
+    finally:
+        _kill_group(proc.pid)
+        returncode = proc.wait()
+        report = _read_report(report_read)
+    _wait_namespace_gone(report.get("init_pid"))
     return SandboxResult(
         returncode=returncode,
-        stdout=_read_capped(private / "stdout", limits.max_output_bytes),
-        stderr=_read_capped(private / "stderr", limits.max_output_bytes),
+        stdout=stdout.decode("utf-8", errors="replace"),
+        stderr=stderr.decode("utf-8", errors="replace"),
         timed_out=timed_out,
-        wall_s=wall,
+        wall_s=time.monotonic() - start,
         isolation=report,
     )
+
+
+def _communicate(proc: subprocess.Popen, stdin: bytes, deadline: float, cap: int) -> tuple[bytes, bytes, bool]:
+    """Feed stdin and collect up to ``cap`` bytes of each output until the launcher exits or
+    the deadline passes; output beyond ``cap`` is read and dropped (memory stays bounded)."""
+    outputs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    pending = memoryview(stdin)
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        if pending:
+            selector.register(proc.stdin, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(outputs[proc.stdout.fileno()]), bytes(outputs[proc.stderr.fileno()]), True
+            for key, _ in selector.select(left):
+                if key.fileobj is proc.stdin:
+                    try:
+                        pending = pending[os.write(key.fd, pending[:CHUNK]):]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(proc.stdin)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                buffer = outputs[key.fd]
+                buffer += chunk[:max(0, cap - len(buffer))]
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    return bytes(outputs[proc.stdout.fileno()]), bytes(outputs[proc.stderr.fileno()]), timed_out
 
 
 def _kill_group(pgid: int) -> None:
@@ -205,12 +300,33 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _wait_namespace_gone(init_pid_path: Path, limit_s: float = 5.0) -> None:
+def _read_report(fd: int, limit_s: float = 5.0) -> dict:
+    """The launcher's JSON lines, merged; read until every holder (launcher, init) is gone."""
+    data = bytearray()
+    deadline = time.monotonic() + limit_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline and selector.select(max(0.0, deadline - time.monotonic())):
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    os.close(fd)
+    report: dict = {}
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            report.update(json.loads(line))
+        except ValueError:
+            pass
+    if "namespaces" not in report:
+        report.update(namespaces=None, error="launcher wrote no report")
+    return report
+
+
+def _wait_namespace_gone(pid: int | None, limit_s: float = 5.0) -> None:
     """After a kill, wait until the namespace's init has exited: the kernel reaps every process
     of the namespace before its init is gone, so nothing of the run is left when we return."""
-    try:
-        pid = int(init_pid_path.read_text())
-    except (OSError, ValueError):
+    if pid is None:
         return
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -222,25 +338,3 @@ def _wait_namespace_gone(init_pid_path: Path, limit_s: float = 5.0) -> None:
             return
         time.sleep(0.005)
     logger.warning("sandbox: the namespace of pid %d still has processes %.0f s after the kill", pid, limit_s)
-
-
-def _read_capped(path: Path, limit: int) -> str:
-    with open(path, "rb") as f:
-        return f.read(limit).decode("utf-8", errors="replace")
-
-
-def _read_report(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {"namespaces": None, "error": "launcher wrote no report"}
-
-
-def _warn_if_weak(report: dict) -> None:
-    if report.get("namespaces") is False and "no-namespaces" not in _WARNED:
-        _WARNED.add("no-namespaces")
-        logger.warning(
-            "sandbox: the kernel refused new namespaces (errno %s): programs run with resource "
-            "limits and a scrubbed environment but WITH network access and without PID/mount "
-            "isolation", report.get("unshare_errno"),
-        )

@@ -31,5 +31,7 @@ for name in ("torch", "vllm", "ray", "deepspeed", "transformers", "datasets"):
     module = importlib.import_module(name)
     print(f"{name:13s} {module.__version__}")
 from transformers import Qwen2ForCausalLM  # fails if a CUDA torchvision is still installed
+from rewards.sandbox import isolation_problem  # the code reward refuses to run where this is not None
+print(f"code sandbox  {isolation_problem() or 'isolated'}")
 print("setup ok: activate with `source .venv/bin/activate`")
 PYEOF

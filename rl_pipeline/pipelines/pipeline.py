@@ -114,6 +114,22 @@ def load_plan(path: str | Path, run_dir: str | Path | None = None, seed: int | N
     return PipelinePlan(run, prepare, stages, report)
 
 
+def check_sandboxes(plan: PipelinePlan) -> None:
+    """Before the first stage runs: every stage's rewards that run model-written code must be
+    isolated on this machine (or opt out), so a late stage cannot fail hours into the run."""
+    from rl_pipeline.workers.reward import check_isolation
+
+    recipes = [(f"stages[{i}] ({stage.name})", stage.recipe) for i, stage in enumerate(plan.stages)]
+    if plan.report.get("recipe") is not None:
+        recipes.append(("report.recipe", plan.report["recipe"]))
+    for where, recipe in recipes:
+        if recipe.rewards is not None:
+            try:
+                check_isolation(recipe.rewards)
+            except InputError as exc:
+                raise InputError(f"{where}: {exc}") from None
+
+
 def prepare_inputs(plan: PipelinePlan) -> None:
     """Build the tiny model and the synthetic task the recipe asks for (once)."""
     from rl_pipeline.data.synthetic import write_task
@@ -151,6 +167,7 @@ def run_stage(stage: Stage, run_dir: Path) -> dict:
 def run_pipeline(path: str | Path, run_dir: str | Path | None = None, seed: int | None = None) -> Path:
     """Run every unfinished stage in order, then the report; returns the run directory."""
     plan = load_plan(path, run_dir, seed)
+    check_sandboxes(plan)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     prepare_inputs(plan)
     for stage in plan.stages:

@@ -5,8 +5,9 @@ Three entry points, all returning a :class:`RewardResult`:
 - :func:`score_batch` / :class:`RewardScorer`: plain Python, no Ray needed;
 - :class:`RewardService`: the same scorer inside a Ray actor (``RewardService.start(config)``),
   which is what the GRPO driver and the distillation pipeline call;
-- :func:`validate`: checks a recipe's ``rewards`` section (names resolve, keyword arguments fit)
-  when the recipe loads, before any actor starts.
+- :func:`validate`: checks a recipe's ``rewards`` section (names resolve, keyword arguments fit,
+  rewards that run model-written code are isolated here) when the recipe loads, before any actor
+  starts.
 
 How functions run. Rule-based functions (math, format, code, user functions) run one sample at a
 time in a pool of ``num_workers`` worker processes (``rewards.pool``); a sample that runs past
@@ -42,6 +43,7 @@ from typing import Any
 import ray
 
 import rewards
+from rewards import sandbox
 from rewards.pool import FunctionSpec, Outcome, SamplePool, Task
 from rl_pipeline.config import InputError, RewardFunctionSpec, RewardsConfig
 
@@ -90,6 +92,23 @@ def validate(config: RewardsConfig) -> None:
             raise InputError(f"{where}: {exc}") from None
         kwargs = {k: v for k, v in spec.kwargs.items() if k not in ACTOR_ONLY_KWARGS}
         _check_kwargs(where, target, kwargs)
+    check_isolation(config)
+
+
+def check_isolation(config: RewardsConfig) -> None:
+    """Raise :class:`InputError` (one line naming ``rewards.functions[i]`` and the opt-in) when a
+    reward that runs model-written code (``runs_model_code = True``, e.g. ``code``) would run
+    unisolated on this node. Called where the recipe loads and again in the reward actor
+    (through :class:`RewardScorer`), whose node may differ from the driver's."""
+    for i, spec in enumerate(config.functions):
+        try:
+            target = rewards.resolve(_absolute(spec.name))
+        except rewards.RewardError:
+            continue  # validate() reports it
+        if getattr(target, "runs_model_code", False) and not spec.kwargs.get("allow_unisolated", False):
+            message = sandbox.isolation_error(f"rewards.functions[{i}]")
+            if message is not None:
+                raise InputError(message)
 
 
 def _check_kwargs(where: str, target: Callable[..., Any], kwargs: dict[str, Any]) -> None:

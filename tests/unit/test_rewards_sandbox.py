@@ -186,3 +186,24 @@ def test_isolation_report_on_this_machine():
     if os.geteuid() == 0:
         assert ISOLATION["namespaces"] is True
         assert {"/proc", "/tmp", "/"} <= set(ISOLATION["mounts"])
+
+
+def test_every_run_behaves_while_two_busy_loops_load_the_cores():
+    """The launcher once wrote its namespace's init pid into a folder that pid 1 had already
+    covered with the private /tmp: about 1 run in 12 ended at once with exit 1 under load.
+    100 runs while two busy loops hold both cores: each must exit 0 with its own output."""
+    import subprocess
+    import sys
+
+    loads = [subprocess.Popen([sys.executable, "-c", "while True:\n    pass"]) for _ in range(2)]
+    try:
+        results = [sandbox.run_python("print(int(input()) * 2)", stdin=f"{i}\n",
+                                      limits=sandbox.SandboxLimits(wall_s=30.0, cpu_s=10))
+                   for i in range(100)]
+    finally:
+        for load in loads:
+            load.kill()
+            load.wait()
+    wrong = [(i, r.returncode, r.stderr[-200:]) for i, r in enumerate(results)
+             if not r.ok or r.stdout.split() != [str(2 * i)]]
+    assert wrong == []
