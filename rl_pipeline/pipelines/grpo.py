@@ -119,6 +119,8 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
         raise InputError(str(exc)) from None
     try:
         validate(recipe.rewards)
+    except InputError:
+        raise  # already names rewards.functions[i]
     except (ValueError, LookupError, ImportError, TypeError) as exc:
         raise InputError(f"rewards.functions: {exc}") from None
     names = component_names(recipe.rewards)
