@@ -77,10 +77,15 @@ def token_logprobs(
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(the transformer body, the LM head) of a causal LM, or None when its logits are more than
-    lm_head(last hidden state) (soft-capping, scaling) or the parts cannot be found.
+    lm_head(last hidden state) (soft-capping, scaling), the parts cannot be found, or the model
+    is a ZeRO-3 DeepSpeed engine.
 
-    A DeepSpeed engine is unwrapped; its ZeRO hooks sit on every submodule, so calling the parts
-    gathers parameters as the full forward would."""
+    ZeRO-3 partitions parameters and gathers them around the engine's own forward; calling the
+    body and the (tied) head separately, with the head recomputed in backward, gave gradients
+    that differ between 2 ranks and 1 rank x 2 accumulation steps (tests/integration/test_sft.py),
+    so a ZeRO-3 engine runs its full forward and only the log-softmax is chunked."""
+    if callable(getattr(model, "zero_optimization_stage", None)) and model.zero_optimization_stage() == 3:
+        return None
     model = getattr(model, "module", model)
     config = getattr(model, "config", None)
     if config is None or any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
