@@ -64,14 +64,13 @@ def token_logprobs(
     # Recompute rather than keep each chunk's logits for backward; only worth it with a head.
     recompute = head is not None and torch.is_grad_enabled()
     logps, entropies = [], []
-    for start in range(0, hidden.shape[0], chunk_tokens):
+    # At least one (maybe empty) chunk: a micro-batch with no token to score still returns a
+    # result attached to the graph, so its (zero) loss can be backpropagated like any other.
+    for start in range(0, max(hidden.shape[0], 1), chunk_tokens):
         h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
         logp, entropy = checkpoint(score, h, y, use_reentrant=False) if recompute else score(h, y)
         logps.append(logp)
         entropies.append(entropy)
-    if not logps:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if with_entropy else None)
     return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
 
 
