@@ -64,23 +64,27 @@ def token_logprobs(
     # Recompute rather than keep each chunk's logits for backward; only worth it with a head.
     recompute = head is not None and torch.is_grad_enabled()
     logps, entropies = [], []
-    for start in range(0, hidden.shape[0], chunk_tokens):
+    # At least one (maybe empty) chunk: a micro-batch with no token to score still returns a
+    # result attached to the graph, so its (zero) loss can be backpropagated like any other.
+    for start in range(0, max(hidden.shape[0], 1), chunk_tokens):
         h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
         logp, entropy = checkpoint(score, h, y, use_reentrant=False) if recompute else score(h, y)
         logps.append(logp)
         entropies.append(entropy)
-    if not logps:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if with_entropy else None)
     return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
 
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(the transformer body, the LM head) of a causal LM, or None when its logits are more than
-    lm_head(last hidden state) (soft-capping, scaling) or the parts cannot be found.
+    lm_head(last hidden state) (soft-capping, scaling), the parts cannot be found, or the model
+    is a ZeRO-3 DeepSpeed engine.
 
-    A DeepSpeed engine is unwrapped; its ZeRO hooks sit on every submodule, so calling the parts
-    gathers parameters as the full forward would."""
+    ZeRO-3 partitions parameters and gathers them around the engine's own forward; calling the
+    body and the (tied) head separately, with the head recomputed in backward, gave gradients
+    that differ between 2 ranks and 1 rank x 2 accumulation steps (tests/integration/test_sft.py),
+    so a ZeRO-3 engine runs its full forward and only the log-softmax is chunked."""
+    if callable(getattr(model, "zero_optimization_stage", None)) and model.zero_optimization_stage() == 3:
+        return None
     model = getattr(model, "module", model)
     config = getattr(model, "config", None)
     if config is None or any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):

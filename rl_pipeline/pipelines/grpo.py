@@ -319,7 +319,7 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
                    timer: PhaseTimer) -> tuple[GRPOBatch, dict]:
     """Generate and score until enough non-flat groups are kept (dynamic sampling) or the
     refill cap is reached; metrics describe the first round's rollouts."""
-    g, batches, metrics = recipe.grpo, [], {}
+    g, batches, metrics, drawn = recipe.grpo, [], {}, []
     for round_ in range(g.max_refill_rounds + 1):
         prompts = stream.next(g.prompts_per_step)
         with timer("generate"):
@@ -335,11 +335,12 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
         if round_ == 0:
             metrics = _rollout_stats(flat, scored, inputs.correct_component, g.accuracy_threshold,
                                      timer.seconds["generate"])
-            metrics["data/prompts_crc32"] = float(zlib.crc32(repr([p.row for p in prompts]).encode()))
+        drawn += [p.row for p in prompts]
         kept = sum(b.groups_total - b.groups_dropped for b in batches)
         if not g.drop_flat_groups or kept >= g.prompts_per_step:
             break
     metrics["train/refill_rounds"] = float(len(batches) - 1)
+    metrics["data/prompts_crc32"] = float(zlib.crc32(repr(drawn).encode()))  # which rows, in order (resume tests)
     return merge_batches(batches), metrics
 
 

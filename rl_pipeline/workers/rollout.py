@@ -39,8 +39,9 @@ class Completion:
 
     `token_ids` end with EOS when the model stopped, and include a matched stop string's
     tokens (so `text`, which keeps the stop string, decodes from them). `logprobs` follow
-    `rollout.logprobs`: "raw" (default) is log p under the model itself, before temperature
-    and top-p, which is what a transformers forward pass of the same weights gives.
+    `rollout.logprobs`: "processed" (default) is log p under the distribution sampled from
+    (logits / temperature, top-p applied), which the GRPO trainer scores; "raw" is log p under
+    the model itself, what a plain transformers forward pass of the same weights gives.
     """
 
     token_ids: list[int]

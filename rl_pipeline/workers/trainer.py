@@ -13,6 +13,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -33,7 +34,7 @@ class TrainerSpec:
     # "optimizer_step": the lr schedule advances with every optimiser step (SFT). "grpo_step": the
     # lr is a function of the GRPO step the driver names, so mu x mini-batches updates per step and
     # skipped steps do not shift it (set by the GRPO driver; no DeepSpeed scheduler then).
-    schedule_unit: str = "optimizer_step"
+    schedule_unit: Literal["optimizer_step", "grpo_step"] = "optimizer_step"
 
 
 def pick_device(requested: str) -> str:
@@ -101,6 +102,7 @@ class TrainerWorker(CudaWeightSender):
         self.rank, self.world_size, self.spec = rank, world_size, spec
         self.device = pick_device(spec.trainer.device)
         self.engine = None
+        self.temperature = 1.0  # of the rollouts being trained on; grpo_step sets it
 
     def node_address(self) -> tuple[str, int]:
         from rl_pipeline.workers.group import node_address

@@ -64,7 +64,7 @@ def test_split_evenly_is_contiguous_and_balanced():
 def test_engine_arguments_per_device():
     cpu = engine_kwargs("m", RolloutConfig(), seed=3, device="cpu")
     assert cpu["dtype"] == "float32" and cpu["kv_cache_memory_bytes"] == 512 * 1024**2
-    assert cpu["enforce_eager"] and cpu["seed"] == 3 and cpu["logprobs_mode"] == "raw_logprobs"
+    assert cpu["enforce_eager"] and cpu["seed"] == 3 and cpu["logprobs_mode"] == "processed_logprobs"
     assert cpu["worker_extension_cls"] == "rl_pipeline.workers.vllm_extension.RolloutWorkerExtension"
     assert "gpu_memory_utilization" not in cpu
     assert engine_env(RolloutConfig(), "cpu") == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}

@@ -59,6 +59,17 @@ def test_packed_rows_with_restarting_positions_score_like_separate_rows(model):
     torch.testing.assert_close(logp[0, 7:], alone_b[0], atol=1e-5, rtol=0)
 
 
+def test_a_micro_batch_with_nothing_to_score_still_backpropagates(model):
+    """Every row masked out (e.g. all truncated under grpo.mask_truncated): the zero loss of that
+    micro-batch must still go through backward on every rank, as the others' do."""
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(3))
+    logp, entropy = sequence_logprobs(model, ids, with_entropy=True, positions=torch.zeros(2, 8, dtype=torch.bool))
+    assert logp.shape == (2, 8) and (logp == 0).all() and (entropy == 0).all()
+    (logp.sum() * 1.0).backward()
+    assert model.lm_head.weight.grad is not None and not model.lm_head.weight.grad.any()
+    model.zero_grad()
+
+
 def test_models_whose_logits_are_not_the_plain_head_use_the_full_forward(model):
     assert backbone_and_head(model) is not None
     model.config.final_logit_softcapping = 30.0  # Gemma-2 style: logits = cap * tanh(z / cap)
