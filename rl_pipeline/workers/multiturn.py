@@ -124,18 +124,19 @@ class MultiTurnRollout:
             if not active:
                 break
             outputs = self._sample_turn(active, turn, n, prompt_token_ids, sampling, seed)
-            wants_reply = [s for s, out in zip(active, outputs) if self._add_turn(s, out)]
+            last_turn = turn == self.cfg.max_turns - 1
+            wants_reply = [s for s, out in zip(active, outputs) if self._add_turn(s, out, last_turn)]
             begin = time.perf_counter()
             replies = self._replies(wants_reply)
             self.last_tool_wall_s += time.perf_counter() - begin
-            for state, (messages, ended_with_eos) in zip(wants_reply, replies):
+            for state, messages in zip(wants_reply, replies):
                 if messages is not None:
-                    self._add_reply(state, messages, ended_with_eos, last_turn=turn == self.cfg.max_turns - 1)
+                    self._add_reply(state, messages, last_turn)
         return [[s.traj for s in live[i * n:(i + 1) * n]] for i in range(len(prompt_token_ids))]
 
     def _sample_turn(self, active: list[_Live], turn: int, n: int, prompt_token_ids, sampling, seed) -> list:
         """One turn of every active trajectory in one engine call; the first turn samples n per prompt."""
-        stop = list(self.engines.cfg.stop) + list(self.cfg.stop)
+        stop = list(self.engines.cfg.stop) + (list(self.cfg.stop) if self.tools else [])
         if turn == 0:
             groups = self.engines.generate(prompt_token_ids, n=n, seed=seed, stop=stop, **sampling)
             return [c for group in groups for c in group]
@@ -143,8 +144,9 @@ class MultiTurnRollout:
         turn_seed = None if seed is None else seed + turn * 1_000_003
         return [g[0] for g in self.engines.generate(prefixes, n=1, seed=turn_seed, stop=stop, **sampling)]
 
-    def _add_turn(self, state: _Live, out: Completion) -> bool:
-        """Append a sampled turn; True when it asks for a reply (a tool call, or an environment)."""
+    def _add_turn(self, state: _Live, out: Completion, last_turn: bool) -> bool:
+        """Append a sampled turn; True when it asks for a reply (a tool call, or an environment).
+        Tools are not run for a call in the last turn: nothing could read their result."""
         traj, room = state.traj, self.cfg.max_total_tokens - len(state.traj.token_ids)
         sampled = list(out.token_ids[:room])
         text = out.text if len(sampled) == len(out.token_ids) else self.tokenizer.decode(sampled, skip_special_tokens=True)
@@ -157,15 +159,17 @@ class MultiTurnRollout:
         if len(sampled) < len(out.token_ids) or out.finish_reason == "length":
             return self._finish(state, "length")
         if self.tools and _ends_with(text, self.cfg.stop):  # stopped at a tool call
+            if last_turn:
+                return self._finish(state, "max_turns")
             # A turn that ends with the call markup but holds no whole call gets an error to read.
             state.pending = parse_tool_calls(text) or [ToolCall("", None, "no complete <tool_call>{...}</tool_call>")]
             return True
         state.pending = []
         return state.env is not None or self._finish(state, "stop")
 
-    def _replies(self, states: list[_Live]) -> list[tuple[list[dict] | None, bool]]:
-        """(messages to append or None when the trajectory ends, whether the turn ended with EOS),
-        per state: all tool calls of this turn run concurrently; environments step in order."""
+    def _replies(self, states: list[_Live]) -> list[list[dict] | None]:
+        """Messages to append (None when the trajectory ends) per state: all tool calls of this
+        turn run concurrently; environments step in order."""
         results = iter(self.runner.run([call for s in states for call in s.pending]))
         replies = []
         for state in states:
@@ -176,23 +180,25 @@ class MultiTurnRollout:
                     state.traj.tool_calls.append(result.as_dict())
                     messages.append({"role": "tool", "name": result.name,
                                      "content": result.output[: self.cfg.max_result_chars]})
-                replies.append((messages, False))
+                replies.append(messages)
                 continue
             step = state.env.step(state.traj.text)
             state.traj.env_reward = (state.traj.env_reward or 0.0) + float(step.reward)
             if step.done or step.observation is None:
                 self._finish(state, "stop")
-                replies.append((None, True))
+                replies.append(None)
             else:
-                replies.append(([{"role": "user", "content": step.observation}], True))
+                replies.append([{"role": "user", "content": step.observation}])
         return replies
 
-    def _add_reply(self, state: _Live, messages: list[dict], ended_with_eos: bool, last_turn: bool) -> None:
+    def _add_reply(self, state: _Live, messages: list[dict], last_turn: bool) -> None:
+        """Append the ids of tool results or an observation (masked), budget and turns allowing."""
         traj = state.traj
         traj.messages.extend(messages)
         if last_turn:
             self._finish(state, "max_turns")
             return
+        ended_with_eos = bool(traj.token_ids) and traj.token_ids[-1] == self.tokenizer.eos_token_id
         ids = self.renderer.suffix_ids(messages, ended_with_eos)
         if len(traj.token_ids) + len(ids) >= self.cfg.max_total_tokens:
             self._finish(state, "length")
