@@ -25,13 +25,11 @@ import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 BUILTIN_MODULES = ("rl_pipeline.tools.builtin",)
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
-_STATE = {"builtins_loaded": False}
 
 # Python annotation -> JSON-schema type; anything else is left untyped ({}).
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
@@ -43,6 +41,8 @@ class ToolError(Exception):
 
 def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a tool function under ``name`` (the name the model calls)."""
+
+    from rewards import _qualname  # "module.qualname", as the reward registry names clashes
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         existing = _REGISTRY.get(name)
@@ -71,20 +71,13 @@ def resolve(name_or_path: str) -> Callable[..., Any]:
     if ":" not in name_or_path:
         raise ToolError(f"unknown tool {name_or_path!r}; registered tools are: {', '.join(registered())}. "
                         "Give a registered name, 'package.module:function' or 'path/to/file.py:function'.")
-    target, _, attr = name_or_path.rpartition(":")
-    try:
-        if target.endswith(".py"):
-            from rewards import _import_file  # the reward registry's file importer, shared on purpose
+    # The reward registry's loader of module:function and file.py:function, shared on purpose.
+    from rewards import RewardError, _load_path
 
-            module = _import_file(Path(target))
-        else:
-            module = importlib.import_module(target)
-    except (ImportError, FileNotFoundError) as exc:
-        raise ToolError(f"tool {name_or_path!r}: cannot import {target!r}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if fn is None or not callable(fn):
-        raise ToolError(f"tool {name_or_path!r}: {target!r} has no callable {attr!r}")
-    return fn
+    try:
+        return _load_path(name_or_path)
+    except RewardError as exc:
+        raise ToolError(str(exc).replace("reward ", "tool ", 1)) from None
 
 
 def call_name(name_or_path: str) -> str:
@@ -189,13 +182,7 @@ def _fits(value: Any, expected: str) -> bool:
     return isinstance(value, python_type)
 
 
-def _qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-
-
 def _load_builtins() -> None:
-    if _STATE["builtins_loaded"]:
-        return
-    _STATE["builtins_loaded"] = True
+    """Import the built-in tools, which register themselves (a cached import after the first)."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
