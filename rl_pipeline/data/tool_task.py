@@ -46,3 +46,11 @@ def write_multiplication_task(out_dir: str | Path, sizes: dict[str, int], seed: 
                 rows.append(multiplication_row(*pair))
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
+
+
+if __name__ == "__main__":  # python -m rl_pipeline.data.tool_task OUT_DIR
+    import sys
+
+    target = write_multiplication_task(sys.argv[1] if len(sys.argv) > 1 else "runs/tool-task",
+                                       {"train": 512, "test": 200}, seed=0)
+    print(f"wrote {target}/train.jsonl (512 rows) and test.jsonl (200 rows)")

