@@ -150,7 +150,9 @@ def loss_config(recipe: Recipe) -> GRPOLossConfig:
     g = recipe.grpo
     return GRPOLossConfig(
         eps_low=g.eps_low, eps_high=g.eps_high, beta=g.kl_coef, kl_estimator=g.kl_estimator,
-        aggregation=g.loss_aggregation, max_length_norm=recipe.rollout.max_tokens, tis_cap=g.tis_cap,
+        aggregation=g.loss_aggregation, tis_cap=g.tis_cap,
+        # Dr. GRPO's constant: the longest completion, which with tools spans every turn.
+        max_length_norm=recipe.tools.max_total_tokens if recipe.tools else recipe.rollout.max_tokens,
     )
 
 

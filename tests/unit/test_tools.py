@@ -186,3 +186,15 @@ def tiny_tokenizer():
 
     return build_tokenizer()
 
+
+
+def test_tools_section_is_checked_when_the_recipe_loads():
+    from rl_pipeline.config import RecipeError, parse_recipe
+
+    base = {"model": {"path": "m"}}
+    with pytest.raises(RecipeError, match="tools: give functions, an environment, or both"):
+        parse_recipe({**base, "tools": {"max_turns": 2}})
+    with pytest.raises(RecipeError, match="tools.max_turns"):
+        parse_recipe({**base, "tools": {"functions": [{"name": "calculator"}], "max_turns": 0}})
+    recipe = parse_recipe({**base, "tools": {"functions": [{"name": "calculator"}]}})
+    assert recipe.tools.stop == ["</tool_call>"] and recipe.tools.max_turns == 4
