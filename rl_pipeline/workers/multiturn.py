@@ -101,11 +101,6 @@ class MultiTurnRollout:
         self.renderer = TurnRenderer(tokenizer)
         self.last_tool_wall_s = 0.0  # wall time the last generate call spent waiting for tools
 
-    @property
-    def tool_schemas(self) -> list[dict[str, Any]]:
-        """The tools' JSON schemas, for a chat template's `tools=` argument."""
-        return [tool.schema for tool in self.tools.values()]
-
     def generate(self, prompt_token_ids: list[list[int]], n: int, temperature: float | None = None,
                  top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
                  prompts: list[str] | None = None, columns: list[dict] | None = None) -> list[list[Trajectory]]:
@@ -113,10 +108,11 @@ class MultiTurnRollout:
         prompt) are what an environment's reset receives. `seed` seeds the first turn only."""
         live = [_Live(list(ids), Trajectory([], [], "", "stop", False)) for ids in prompt_token_ids for _ in range(n)]
         if self.env_class is not None:
+            prompts = prompts or [""] * len(prompt_token_ids)
+            columns = columns or [{}] * len(prompt_token_ids)
             for i, state in enumerate(live):
                 state.env = self.env_class(**self.cfg.environment_kwargs)
-                state.env.reset((prompts or [""] * len(prompt_token_ids))[i // n],
-                                **((columns or [{}] * len(prompt_token_ids))[i // n]))
+                state.env.reset(prompts[i // n], **columns[i // n])
         sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         self.last_tool_wall_s = 0.0
         for turn in range(self.cfg.max_turns):
