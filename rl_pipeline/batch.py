@@ -29,6 +29,11 @@ class GRPOSample:
     truncated: bool
     trained: bool = True  # False: masked out of the loss (truncated and grpo.mask_truncated)
     ref_logprobs: list[float] | None = None
+    loss_mask: list[int] | None = None  # per completion id: 0 = not sampled (a tool result); None = all 1
+
+    def trained_tokens(self) -> int:
+        """Completion ids that count in the loss (sampled ones only, when a loss mask is set)."""
+        return len(self.completion_ids) if self.loss_mask is None else sum(self.loss_mask)
 
     def as_row(self) -> dict:
         """What a trainer rank receives (plain lists, cheap to ship through Ray)."""
@@ -39,6 +44,7 @@ class GRPOSample:
             "trained": self.trained,
             "sampler_logprobs": self.sampler_logprobs,
             "ref_logprobs": self.ref_logprobs,
+            "loss_mask": self.loss_mask,
         }
 
 
@@ -90,9 +96,10 @@ class GRPOBatch:
 
 
 def _normaliser(samples: list[GRPOSample]) -> LossNormaliser:
-    """Token and sequence counts of the trained completions among `samples`."""
-    trained = [s for s in samples if s.trained and s.completion_ids]
-    return LossNormaliser(tokens=float(sum(len(s.completion_ids) for s in trained)), sequences=float(len(trained)))
+    """Token and sequence counts of the trained completions among `samples` (sampled tokens only:
+    tool-result tokens of a trajectory are masked out of the loss, so they are not counted)."""
+    trained = [s for s in samples if s.trained and s.trained_tokens()]
+    return LossNormaliser(tokens=float(sum(s.trained_tokens() for s in trained)), sequences=float(len(trained)))
 
 
 def build_batch(
@@ -106,7 +113,8 @@ def build_batch(
 ) -> GRPOBatch:
     """B prompts with G completions each (group-contiguous `rewards`, length B*G) -> a batch.
 
-    `completions[b][g]` has token_ids, logprobs and truncated (a rollout Completion).
+    `completions[b][g]` has token_ids, logprobs and truncated (a rollout Completion), and a
+    loss_mask when it is a multi-turn Trajectory (tool-result ids are not trained).
     """
     group_size = len(completions[0])
     r = torch.tensor(rewards, dtype=torch.float64)
@@ -123,6 +131,7 @@ def build_batch(
                 sampler_logprobs=list(completion.logprobs), advantage=float(advantages[i]),
                 reward=float(r[i]), group=b, truncated=completion.truncated,
                 trained=not (mask_truncated and completion.truncated),
+                loss_mask=getattr(completion, "loss_mask", None),
             ))
     return GRPOBatch(samples, groups_total=len(completions), groups_dropped=int(flat.sum()) if drop_flat_groups else 0)
 
@@ -140,7 +149,8 @@ def merge_batches(batches: list[GRPOBatch]) -> GRPOBatch:
 def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor | None]:
     """Right-padded ids [N, T] and label-aligned [N, T-1] tensors: completion-token mask,
     sampler and reference logprobs; advantages [N]. Label position t predicts token t+1, so
-    completion token j of a row sits at position prompt_len - 1 + j."""
+    completion token j of a row sits at position prompt_len - 1 + j. A row's `loss_mask` (if
+    any) clears the positions of ids that were not sampled (tool results)."""
     width = max(len(r["input_ids"]) for r in rows)
     n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -153,6 +163,8 @@ def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tenso
         ids[i, : len(seq)] = torch.tensor(seq)
         end = start + len(seq) - row["prompt_len"]
         mask[i, start:end] = bool(row["trained"])
+        if row.get("loss_mask") is not None:
+            mask[i, start:end] &= torch.tensor(row["loss_mask"], dtype=torch.bool)
         sampler[i, start:end] = torch.tensor(row["sampler_logprobs"], dtype=torch.float32)
         if has_ref:
             ref[i, start:end] = torch.tensor(row["ref_logprobs"], dtype=torch.float32)

@@ -1,7 +1,7 @@
 """The recipe schema: typed pydantic sections, YAML loading and `a.b.c=value` overrides.
 
 A recipe is one YAML file with sections (model, data, trainer, sft, grpo, rollout, rewards,
-distill, cluster, tracking, checkpoint). Every section is strict: an unknown key, a wrong type
+distill, tools, cluster, tracking, checkpoint). Every section is strict: an unknown key, a wrong type
 or a missing required field raises `RecipeError` naming the file and the dotted key path,
 before any actor starts. Required things (the model path, the training data) have no default.
 """
@@ -211,6 +211,33 @@ class RewardsConfig(Section):
     failure_score: float = Field(0.0, description="score of a sample whose function raised or timed out")
 
 
+class ToolSpec(Section):
+    name: str = Field(description='built-in (calculator, python), "module:function" or "file.py:function"')
+    kwargs: dict[str, Any] = Field({}, description="bound on every call (keyword-only parameters: the recipe's, not the model's)")
+
+
+class ToolsConfig(Section):
+    """Multi-turn rollouts (rl_pipeline/workers/multiturn.py): the policy stops at a tool call,
+    the tool runs, its result is appended as a tool turn (masked out of the loss), and sampling
+    continues, until a final answer or a budget."""
+
+    functions: list[ToolSpec] = Field([], description="tools the policy may call")
+    environment: str | None = Field(None, description='"module:Class" or "file.py:Class" of an Environment (reset/step)')
+    environment_kwargs: dict[str, Any] = {}
+    max_turns: int = Field(4, ge=1, description="assistant turns per trajectory")
+    max_total_tokens: int = Field(512, ge=1, description="tokens after the prompt: sampled + tool results")
+    timeout_s: float = Field(10.0, gt=0, description="run time of one tool call; an overrun is an error result")
+    max_concurrency: int = Field(64, ge=1, description="tool calls running at once (threads of the driver)")
+    max_result_chars: int = Field(2000, ge=1, description="a longer tool output is cut to this many characters")
+    stop: list[str] = Field(["</tool_call>"], description="stop strings that end a turn at a tool call")
+
+    @model_validator(mode="after")
+    def _something_to_call(self) -> "ToolsConfig":
+        if not self.functions and self.environment is None:
+            raise ValueError("tools: give functions, an environment, or both")
+        return self
+
+
 class DistillConfig(Section):
     """R1-style distillation data: an expert answers every problem of data.train, with and without
     the guiding system prompt; rewards decide which samples are kept (rejection sampling).
@@ -366,6 +393,7 @@ class Recipe(Section):
     rollout: RolloutConfig | None = None
     rewards: RewardsConfig | None = None
     distill: DistillConfig | None = None
+    tools: ToolsConfig | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

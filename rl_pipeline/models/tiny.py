@@ -17,12 +17,26 @@ PAD, EOS, BOS = "<|pad|>", "<|end|>", "<|begin|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 # Reasoning/answer tags are ordinary tokens so that decoded text keeps them for rewards.
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+# Tool use in the style of Qwen2.5's template: the assistant writes
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call>, results come back in a tool turn as
+# <tool_response>...</tool_response>. Added after the characters so older ids stay where they were.
+TOOL_ROLE = "<|tool|>"
+TOOL_TAGS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
 # One turn is "<|role|>content<|end|>"; the generation prompt opens the assistant turn, so a
-# model learns to end its answer with <|end|>, which is the EOS token.
+# model learns to end its answer with <|end|>, which is the EOS token. As in Qwen2.5's template,
+# an assistant message's `tool_calls` are written as <tool_call> JSON after its content and a
+# tool message's content is wrapped in <tool_response>.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{% if message['role'] == 'tool' %}{{ '<tool_response>' + message['content'] + '</tool_response>' }}"
+    "{% else %}{{ message['content'] or '' }}{% endif %}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "{% set fn = call['function'] if call['function'] is defined else call %}"
+    "{{ '<tool_call>{\"name\": \"' + fn['name'] + '\", \"arguments\": ' + (fn['arguments'] | tojson) + '}</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|end|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
@@ -69,7 +83,7 @@ def build_tokenizer(vocab_multiple: int = 64, vocab_size: int | None = None):
     # transformers (and so vLLM) loads the tokenizer of a qwen2 model as Qwen2Tokenizer, a
     # byte-level BPE rebuilt from this vocabulary whatever tokenizer_config.json says. Spelling
     # whitespace the byte-level way ("Ġ" for " ") keeps spaces and newlines after a reload.
-    base = specials + TAG_TOKENS + ["<unk>"] + [_byte_level(c) for c in string.printable]
+    base = specials + TAG_TOKENS + ["<unk>"] + [_byte_level(c) for c in string.printable] + [TOOL_ROLE, *TOOL_TAGS]
     vocab = {token: i for i, token in enumerate(base)}
     # Pad the vocabulary to a round size so that every id the model can sample decodes.
     size = vocab_size or -(-len(vocab) // vocab_multiple) * vocab_multiple
@@ -85,8 +99,8 @@ def build_tokenizer(vocab_multiple: int = 64, vocab_size: int | None = None):
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    tok.add_special_tokens([AddedToken(t, special=True) for t in [*specials, TOOL_ROLE]])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS + TOOL_TAGS])
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token="<unk>"
     )

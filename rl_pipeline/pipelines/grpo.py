@@ -127,10 +127,16 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     correct = recipe.grpo.accuracy_reward or names[0]
     if correct not in names:
         raise InputError(f"grpo.accuracy_reward: '{correct}' is not a reward component; components: {names}")
-    max_prompt = recipe.data.max_length - recipe.rollout.max_tokens
+    completion_key, completion_tokens = "rollout.max_tokens", recipe.rollout.max_tokens
+    if recipe.tools is not None:
+        from rl_pipeline.workers.multiturn import check_tools
+
+        check_tools(recipe.tools)
+        completion_key, completion_tokens = "tools.max_total_tokens", recipe.tools.max_total_tokens
+    max_prompt = recipe.data.max_length - completion_tokens
     if max_prompt < 1:
         raise InputError(f"data.max_length ({recipe.data.max_length}) leaves no room for prompts after "
-                         f"rollout.max_tokens ({recipe.rollout.max_tokens})")
+                         f"{completion_key} ({completion_tokens})")
     tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.path, recipe.model.trust_remote_code)
     template = recipe.grpo.prompt_template
     train = load_prompts(recipe.data.train, tokenizer, "data.train", max_prompt, template)
@@ -162,7 +168,9 @@ def loss_config(recipe: Recipe) -> GRPOLossConfig:
     g = recipe.grpo
     return GRPOLossConfig(
         eps_low=g.eps_low, eps_high=g.eps_high, beta=g.kl_coef, kl_estimator=g.kl_estimator,
-        aggregation=g.loss_aggregation, max_length_norm=recipe.rollout.max_tokens, tis_cap=g.tis_cap,
+        aggregation=g.loss_aggregation, tis_cap=g.tis_cap,
+        # Dr. GRPO's constant: the longest completion, which with tools spans every turn.
+        max_length_norm=recipe.tools.max_total_tokens if recipe.tools else recipe.rollout.max_tokens,
     )
 
 
@@ -173,9 +181,10 @@ class _Actors:
     scorer: object
     reference: object | None
     sync: object
+    sampler: object | None = None  # multi-turn rollouts over `engines` when the recipe has tools
 
     def shutdown(self) -> None:
-        for part in (self.engines, self.scorer, self.reference, self.policy):
+        for part in (self.sampler, self.engines, self.scorer, self.reference, self.policy):
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.shutdown()
@@ -225,6 +234,10 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
     with connect(recipe.cluster):
         actors = start_actors(recipe, recipe.grpo.steps, run.path)
         try:
+            if recipe.tools is not None:
+                from rl_pipeline.workers.multiturn import MultiTurnRollout
+
+                actors.sampler = MultiTurnRollout(actors.engines, inputs.tokenizer, recipe.tools)
             if resumed:
                 actors.policy.load_state(str(resumed.checkpoint))
                 actors.sync.push(actors.policy, actors.engines)
@@ -323,18 +336,24 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
     for round_ in range(g.max_refill_rounds + 1):
         prompts = stream.next(g.prompts_per_step)
         with timer("generate"):
-            completions = actors.engines.generate([p.token_ids for p in prompts], n=g.group_size,
-                                                  seed=g.seed * 1_000_003 + step * 101 + round_)
+            completions = _generate(actors, prompts, g.group_size, seed=g.seed * 1_000_003 + step * 101 + round_)
         with timer("reward"):
             flat = [c for group in completions for c in group]
+            columns = reward_columns(prompts, completions)
+            if actors.sampler is not None:  # rewards may read the whole trajectory (README: Tools)
+                columns["trajectory"] = [c.for_reward() for c in flat]
             scored = actors.scorer.score([p.text for p in prompts for _ in range(g.group_size)],
-                                         [c.text for c in flat], reward_columns(prompts, completions))
+                                         [c.text for c in flat], columns)
         batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total,
                                    scale_by_std=g.scale_advantages_by_std, drop_flat_groups=g.drop_flat_groups,
                                    mask_truncated=g.mask_truncated))
         if round_ == 0:
             metrics = _rollout_stats(flat, scored, inputs.correct_component, g.accuracy_threshold,
                                      timer.seconds["generate"])
+            if actors.sampler is not None:
+                from rl_pipeline.workers.multiturn import trajectory_metrics
+
+                metrics.update(trajectory_metrics(flat, actors.sampler.last_tool_wall_s))
         drawn += [p.row for p in prompts]
         kept = sum(b.groups_total - b.groups_dropped for b in batches)
         if not g.drop_flat_groups or kept >= g.prompts_per_step:
@@ -353,6 +372,15 @@ def reward_columns(prompts: list[Prompt], completions: list[list]) -> dict[str, 
             "completion_length": [len(c.token_ids) for c in flat],
             "finish_reason": [c.finish_reason for c in flat],
             "truncated": [c.truncated for c in flat]}
+
+
+def _generate(actors: _Actors, prompts: list[Prompt], n: int, seed: int) -> list[list]:
+    """n completions per prompt: single-turn on the engines, or multi-turn trajectories with tools."""
+    ids = [p.token_ids for p in prompts]
+    if actors.sampler is None:
+        return actors.engines.generate(ids, n=n, seed=seed)
+    return actors.sampler.generate(ids, n=n, seed=seed, prompts=[p.text for p in prompts],
+                                   columns=[p.columns for p in prompts])
 
 
 def _rollout_stats(flat, scored, correct_component: str, threshold: float, generate_s: float) -> dict:
@@ -391,7 +419,7 @@ def _padding_share(mini_batches: list[tuple[list, object]]) -> float:
 
 def _evaluate(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, step: int) -> dict:
     t0 = time.perf_counter()
-    metrics = evaluate(actors.engines, actors.scorer, inputs.eval, inputs.tokenizer,
+    metrics = evaluate(actors.sampler or actors.engines, actors.scorer, inputs.eval, inputs.tokenizer,
                        correct_component=inputs.correct_component, threshold=recipe.grpo.accuracy_threshold,
                        k=recipe.grpo.eval_samples, temperature=recipe.rollout.temperature,
                        max_tokens=recipe.rollout.max_tokens, seed=recipe.grpo.seed + step)

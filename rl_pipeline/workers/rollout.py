@@ -120,14 +120,14 @@ def seeds_requests(cfg: RolloutConfig, device: str) -> bool:
 
 
 def sampling_kwargs(cfg: RolloutConfig, n: int, temperature: float | None, top_p: float | None,
-                    max_tokens: int | None) -> dict[str, Any]:
+                    max_tokens: int | None, stop: list[str] | None = None) -> dict[str, Any]:
     """The sampling settings of one generate call: explicit values, else the recipe's."""
     return {
         "n": n,
         "temperature": cfg.temperature if temperature is None else temperature,
         "top_p": cfg.top_p if top_p is None else top_p,
         "max_tokens": cfg.max_tokens if max_tokens is None else max_tokens,
-        "stop": list(cfg.stop) or None,
+        "stop": list(cfg.stop if stop is None else stop) or None,
     }
 
 
@@ -311,13 +311,14 @@ class RolloutGroup:
         top_p: float | None = None,
         max_tokens: int | None = None,
         seed: int | None = None,
+        stop: list[str] | None = None,
     ) -> list[list[Completion]]:
         """n completions for each prompt, in prompt order; None takes the recipe's value.
 
         With a seed, prompt i (of this call) samples with seeds seed + i*n .. seed + i*n + n-1,
         so the result does not depend on how many engines share the batch.
         """
-        sampling = sampling_kwargs(self.cfg, n, temperature, top_p, max_tokens)
+        sampling = sampling_kwargs(self.cfg, n, temperature, top_p, max_tokens, stop)
         shards = split_evenly(list(prompt_token_ids), len(self.engines))
 
         def submit(index: int):
