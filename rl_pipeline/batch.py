@@ -85,13 +85,13 @@ class GRPOBatch:
         out = []
         for k in range(count):
             parts = [samples[bounds[k] : bounds[k + 1]] for samples in per_rank]
+            members = [s for part in parts for s in part]
             if max_tokens_per_micro_batch is None:
                 shards = [[[s.as_row() for s in part[i : i + micro_batch_size]]
                            for i in range(0, len(part), micro_batch_size)] for part in parts]
             else:
-                shards = token_budget_shards([s.as_row() for part in parts for s in part], ranks,
-                                             max_tokens_per_micro_batch)
-            out.append((shards, _normaliser([s for part in parts for s in part])))
+                shards = token_budget_shards([s.as_row() for s in members], ranks, max_tokens_per_micro_batch)
+            out.append((shards, _normaliser(members)))
         return out
 
 

@@ -68,12 +68,17 @@ def use_jsonl_loader_without_datasets() -> None:
     sys.modules["datasets"] = types.SimpleNamespace(load_dataset=load_dataset, __version__="jsonl stand-in")
 
 
+def model_dir(work: Path, name: str, vocab_size: int | None = None) -> Path:
+    """Where build_model puts model `name` (with a padded vocabulary: its own folder)."""
+    return work / (f"model-{name}" if not vocab_size else f"model-{name}-v{vocab_size}")
+
+
 def build_model(work: Path, name: str, vocab_size: int | None = None) -> tuple[Path, int]:
     """The model folder (built once per work dir) and its parameter count; `vocab_size`
     (e.g. QWEN_VOCAB) pads the character tokenizer so the LM head is a real model's."""
     from rl_pipeline.models.tiny import TinyModelSpec, build_tiny_model
 
-    out = work / (f"model-{name}" if vocab_size is None else f"model-{name}-v{vocab_size}")
+    out = model_dir(work, name, vocab_size)
     if not (out / "config.json").exists():
         build_tiny_model(out, TinyModelSpec(**MODELS[name], vocab_size=vocab_size))
     return out, count_params(out)

@@ -36,7 +36,8 @@ def recipe(work: Path, args):
     from rl_pipeline.config import parse_recipe
 
     return parse_recipe({
-        "name": "gpu-bench-sft", "output_dir": str(work / "runs"), "model": {"path": str(model_dir(work, args))},
+        "name": "gpu-bench-sft", "output_dir": str(work / "runs"),
+        "model": {"path": str(common.model_dir(work, args.model, args.vocab))},
         "data": {"train": {"path": str(work / "sft.jsonl"), "format": "prompt_completion"}, "max_length": args.seq,
                  "packing": True},
         "trainer": {"num_ranks": 1, "zero_stage": 2, "device": "cuda", "precision": "bf16", "gpus_per_rank": 1,
@@ -45,10 +46,6 @@ def recipe(work: Path, args):
         "sft": {"max_steps": args.steps, "log_every": 1, "seed": 0},
         "tracking": {"tensorboard": False},
     })
-
-
-def model_dir(work: Path, args) -> Path:
-    return work / (f"model-{args.model}" if not args.vocab else f"model-{args.model}-v{args.vocab}")
 
 
 def run_rlp(work: Path, args) -> dict:

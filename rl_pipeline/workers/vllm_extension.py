@@ -34,6 +34,16 @@ def load_state_blob(blob: bytes) -> dict:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
+def _tied_lm_head(model):
+    """The LM head when it is a module of its own sharing the embedding's weight tensor (tied
+    embeddings), else None."""
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or head is embed or getattr(head, "weight", None) is None:
+        return None
+    return head if head.weight.data_ptr() == embed.weight.data_ptr() else None
+
+
 def _refresh_tied_lm_head(model) -> None:
     """Re-derive the LM head's kernel state after a reload when it is tied to the embedding.
 
@@ -41,12 +51,9 @@ def _refresh_tied_lm_head(model) -> None:
     keeps kernel state built from the old values (on the CPU a packed oneDNN matrix made by
     `process_weights_after_loading`), so without this the logits keep using old weights.
     """
-    head = getattr(model, "lm_head", None)
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    head = _tied_lm_head(model)
     method = getattr(head, "quant_method", None)
-    if head is None or embed is None or method is None or head is embed:
-        return
-    if getattr(head, "weight", None) is not None and head.weight.data_ptr() == embed.weight.data_ptr():
+    if method is not None:
         method.process_weights_after_loading(head)
 
 
@@ -71,13 +78,8 @@ class ExpectedReloadWarnings(logging.Filter):
 
 
 def _expected_missing_layers(model) -> set[str]:
-    expected = {"RotaryEmbedding"}
-    head = getattr(model, "lm_head", None)
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if head is not None and embed is not None and getattr(head, "weight", None) is not None \
-            and head.weight.data_ptr() == embed.weight.data_ptr():
-        expected.add(type(head).__name__)
-    return expected
+    head = _tied_lm_head(model)
+    return {"RotaryEmbedding"} | ({type(head).__name__} if head is not None else set())
 
 
 @contextlib.contextmanager
