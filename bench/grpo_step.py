@@ -138,7 +138,7 @@ def run_rlp(work: Path, args) -> dict:
 def run_vllm(work: Path, args) -> dict:
     """The pipeline's prompts, seeds and engine arguments, straight into vllm.LLM.generate."""
     from rl_pipeline.data.prompts import PromptStream
-    from rl_pipeline.pipelines.grpo import check_grpo_inputs
+    from rl_pipeline.pipelines.grpo_inputs import check_grpo_inputs
     from rl_pipeline.workers.rollout import engine_env, engine_kwargs, sampling_kwargs
 
     recipe = grpo_recipe(work, args)

@@ -40,7 +40,7 @@ def run_eval(recipe, model_path: str | None = None) -> dict[str, float]:
     evaluate on data.eval, shut down. Inputs are checked before any actor starts."""
     from rl_pipeline.cluster import connect
     from rl_pipeline.config import InputError
-    from rl_pipeline.pipelines.grpo import check_grpo_inputs
+    from rl_pipeline.pipelines.grpo_inputs import check_grpo_inputs
     from rl_pipeline.workers.reward import RewardService
     from rl_pipeline.workers.rollout import RolloutGroup
 

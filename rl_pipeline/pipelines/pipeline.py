@@ -184,7 +184,7 @@ def run_pipeline(path: str | Path, run_dir: str | Path | None = None, seed: int 
     if plan.report:
         from rl_pipeline.pipelines.report import write_report
 
-        write_report(plan)
+        write_report(plan, stage_seconds(plan))
     return plan.run_dir
 
 

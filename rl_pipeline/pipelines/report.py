@@ -72,12 +72,10 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
     return True
 
 
-def write_report(plan) -> Path:
-    from rl_pipeline.pipelines.pipeline import stage_seconds
-
+def write_report(plan, seconds: dict[str, float]) -> Path:
+    """report.md (and curves.png) for a pipeline `plan`; `seconds` is the wall time per stage."""
     results = evaluate_models(plan)
     k = plan.report["recipe"].grpo.eval_samples if plan.report.get("recipe") else 1
-    seconds = stage_seconds(plan)
     table = report_table(results, seconds, k)
     curves_stage = plan.report.get("curves")
     has_curves = bool(curves_stage) and plot_curves(plan.run_dir / curves_stage / "metrics.jsonl",
