@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from rl_pipeline.atomic import atomic_folder, atomic_write_text
 from rl_pipeline.config import InputError, Recipe, recipe_to_yaml
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,6 @@ RESUME_MUST_MATCH = (
     "grpo.mini_batches",
     "grpo.steps",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _lookup(data: dict | None, dotted: str):
@@ -144,20 +138,11 @@ class RunDir:
         """Write a checkpoint: `save_ranks(tmp_dir)` writes every rank's part, then rename."""
         self.checkpoints.mkdir(exist_ok=True)
         name = f"step_{step:08d}"
-        tmp = self.checkpoints / f".{name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        try:
+        final = self.checkpoints / name
+        # Ctrl-C or a failing rank leaves no half-written folder behind (the temp is `.step_N.tmp`).
+        with atomic_folder(final) as tmp:
             save_ranks(str(tmp))
             (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
-        except BaseException:  # Ctrl-C or a failing rank: leave no half-written folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        final = self.checkpoints / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         atomic_write_text(self.checkpoints / "latest", name)
         self._prune()
         log.info("checkpoint saved: %s", final)

@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 
+from rl_pipeline.atomic import atomic_write_text
 from rl_pipeline.config import ClusterConfig, Recipe, RecipeError
 from rl_pipeline.workers.group import (
     ActorGroup, Demand, NodeInfo, Placement, Resources, SharedBundles, actor_node_id, check_cluster_fits,
@@ -157,10 +158,7 @@ def record_placement(run_dir: str | Path | None, roles: dict[str, Any]) -> dict:
         log.info("placement: %s on node(s) %s", role, ", ".join(
             f"{nid[:12]} ({record['nodes'][nid]['address']} {record['nodes'][nid]['resources']})" for nid in ids))
     if run_dir is not None:
-        path = Path(run_dir) / "placement.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, path)
+        atomic_write_text(Path(run_dir) / "placement.json", json.dumps(record, indent=2))
     return record
 
 

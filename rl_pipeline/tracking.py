@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 
+from rl_pipeline.atomic import atomic_write_text
 from rl_pipeline.config import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,7 @@ class Tracker:
     def _truncate_after(self, step: int) -> None:
         """Keep only lines with step <= `step` (written to a temp file, then renamed)."""
         rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.rename(self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}

@@ -21,12 +21,12 @@ start with a dot or end in suffixes the data loaders ignore, so `rlp sft` can re
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rl_pipeline.atomic import atomic_output, atomic_write_text
 from rl_pipeline.config import InputError
 
 STATE_DIR = ".distill"
@@ -47,12 +47,6 @@ def row_features(components: Iterable[str]):
         "response_tokens": Value("int64"),
         "expert": Value("string"),
     })
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class ShardStore:
@@ -82,7 +76,7 @@ class ShardStore:
         store.state_dir.mkdir(parents=True, exist_ok=True)
         store.data_dir.mkdir(parents=True, exist_ok=True)
         if not marker.exists():
-            _atomic_write_text(marker, fingerprint)
+            atomic_write_text(marker, fingerprint)
         return store
 
     def shard_name(self, index: int) -> str:
@@ -111,10 +105,9 @@ class ShardStore:
         """Data file (if any row was kept) to a temp name -> rename; then the shard's marker."""
         if rows:
             final = self.data_dir / self.shard_name(index)
-            tmp = self.data_dir / f".{final.name}.tmp"
-            self._write_rows(rows, tmp)
-            os.replace(tmp, final)
-        _atomic_write_text(self.state_dir / f"shard-{index:05d}.done", json.dumps(counts))
+            with atomic_output(final) as tmp:
+                self._write_rows(rows, tmp)
+        atomic_write_text(self.state_dir / f"shard-{index:05d}.done", json.dumps(counts))
 
     def _write_rows(self, rows: list[dict[str, Any]], path: Path) -> None:
         import datasets
@@ -130,8 +123,8 @@ class ShardStore:
         return sorted(self.data_dir.glob(f"train-*.{self.fmt}"))
 
     def finish(self, stats: dict[str, Any], card: str) -> None:
-        _atomic_write_text(self.root / "stats.json", json.dumps(stats, indent=2) + "\n")
-        _atomic_write_text(self.root / "README.md", card)
+        atomic_write_text(self.root / "stats.json", json.dumps(stats, indent=2) + "\n")
+        atomic_write_text(self.root / "README.md", card)
 
 
 def dataset_card(stats: dict[str, Any], fmt: str) -> str:

@@ -14,6 +14,8 @@ import json
 import random
 from pathlib import Path
 
+from rl_pipeline.atomic import atomic_output
+
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -64,11 +66,9 @@ def write_task(
     paths, start = {}, 0
     for name, size in splits.items():
         path = out / f"{name}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w") as f:
+        with atomic_output(path) as tmp, tmp.open("w") as f:
             for i, row in enumerate(rows[start : start + size]):
                 f.write(json.dumps({"id": f"{name}-{i}", **row}) + "\n")
-        tmp.rename(path)
         paths[name] = path
         start += size
     return paths

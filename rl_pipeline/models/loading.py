@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+from rl_pipeline.atomic import atomic_folder
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -75,15 +77,8 @@ def without_tied_duplicates(state: dict) -> dict:
 def save_hf_model(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
     """Write model + tokenizer to a temp folder, then rename, so `out_dir` is never half-written.
     `state_dict` (e.g. weights gathered from ZeRO-3 shards) replaces the module's own tensors."""
-    import shutil
-
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
     return out

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from rl_pipeline.checkpoint import atomic_write_text
+from rl_pipeline.atomic import atomic_write_text
 from rl_pipeline.config import InputError, Recipe, RecipeError, parse_recipe
 
 log = logging.getLogger(__name__)

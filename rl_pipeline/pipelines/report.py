@@ -9,7 +9,7 @@ import logging
 import math
 from pathlib import Path
 
-from rl_pipeline.checkpoint import atomic_write_text
+from rl_pipeline.atomic import atomic_output, atomic_write_text
 from rl_pipeline.tracking import read_metrics
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,9 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")  # the temp name does not end in .png
     plt.close(fig)
-    tmp.rename(out_png)
     return True
 
 
