@@ -8,7 +8,7 @@ truncated completions. Stages add fields (reference logprobs) rather than re-tok
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -53,7 +53,6 @@ class GRPOBatch:
     samples: list[GRPOSample]
     groups_total: int
     groups_dropped: int
-    stats: dict[str, float] = field(default_factory=dict)
 
     def normaliser(self) -> LossNormaliser:
         """Global token and sequence counts of the trained completions (see algorithms/grpo.py)."""
@@ -65,7 +64,7 @@ class GRPOBatch:
         keep = len(self.samples) - len(self.samples) % ranks
         if keep == len(self.samples):
             return self
-        return GRPOBatch(self.samples[:keep], self.groups_total, self.groups_dropped, dict(self.stats))
+        return GRPOBatch(self.samples[:keep], self.groups_total, self.groups_dropped)
 
     def mini_batches(self, ranks: int, count: int, micro_batch_size: int,
                      max_tokens_per_micro_batch: int | None = None) -> list[tuple[list, LossNormaliser]]:

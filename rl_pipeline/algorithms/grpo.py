@@ -8,10 +8,14 @@ prompt are adjacent), T token positions of the completion. Per-token tensors are
 
 Global normalisation. Every aggregation is a mean over the WHOLE batch (all data-parallel
 ranks, all gradient-accumulation micro-batches), never a mean of per-micro-batch means.
-The caller computes `count_contribution(mask)` per micro-batch, sums it over micro-batches
-and all-reduces it with SUM across ranks, and passes the result as `LossNormaliser`. Each
-micro-batch loss is then a SUM divided by that global count, so the full-batch loss is the
-SUM of every micro-batch loss on every rank. Gradients must therefore be SUMMED too: DDP and
+The caller passes the batch's global counts as a `LossNormaliser`: the GRPO driver counts
+them from the samples before it splits the batch (`GRPOBatch.mini_batches` in batch.py: the
+trained completions' sampled tokens and their number) and ships the same counts to every rank
+with its micro-batches, so no rank needs an all-reduce; `LossNormaliser.of(mask)` counts a
+mask that is the whole batch (one process: tests, benches). Each micro-batch loss is then a
+SUM divided by that global count, so the full-batch loss is the SUM of every micro-batch loss
+on every rank. Completions kept out of the loss (truncated ones under grpo.mask_truncated,
+tool-result tokens) are out of the counts and of `mask` alike. Gradients must therefore be SUMMED too: DDP and
 DeepSpeed AVERAGE gradients across ranks (divide by world size), and DeepSpeed's
 `engine.backward` also divides by gradient_accumulation_steps (scale_wrt_gas=True), so
 multiply the loss by world_size (and by gradient_accumulation_steps under DeepSpeed) before
@@ -76,15 +80,6 @@ def flat_groups(rewards: Tensor, group_size: int, *, atol: float = 0.0) -> Tenso
     return spread <= atol
 
 
-def mask_sequences(mask: Tensor, keep: Tensor) -> Tensor:
-    """Zero the token mask of every sequence where `keep` [N] is false (e.g. truncated ones).
-
-    Apply it once when the batch is built, BEFORE `count_contribution`, so masked sequences
-    leave both the loss and the normaliser (they count as neither tokens nor sequences).
-    """
-    return mask.bool() & keep.bool().unsqueeze(-1)
-
-
 # ---------------------------------------------------------------- normalisers
 
 
@@ -99,23 +94,10 @@ class LossNormaliser:
     sequences: float
 
     @classmethod
-    def from_counts(cls, counts: Tensor) -> "LossNormaliser":
-        """From the summed / all-reduced `count_contribution` tensor [2]."""
-        return cls(tokens=float(counts[0]), sequences=float(counts[1]))
-
-    @classmethod
     def of(cls, mask: Tensor) -> "LossNormaliser":
-        """For a batch that is the whole batch (one rank, one micro-batch)."""
-        return cls.from_counts(count_contribution(mask))
-
-
-def count_contribution(mask: Tensor) -> Tensor:
-    """This micro-batch's share of the normaliser: float64 [valid tokens, valid sequences].
-
-    Sum over micro-batches, all-reduce with SUM over ranks, then `LossNormaliser.from_counts`.
-    """
-    mask = mask.bool()
-    return torch.stack([mask.sum(), mask.any(dim=-1).sum()]).to(torch.float64)
+        """The counts of `mask` [N, T] when it is the whole batch (one rank, one micro-batch)."""
+        mask = mask.bool()
+        return cls(tokens=float(mask.sum()), sequences=float(mask.any(dim=-1).sum()))
 
 
 # ---------------------------------------------------------------- KL estimators

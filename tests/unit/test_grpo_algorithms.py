@@ -13,11 +13,9 @@ from rl_pipeline.algorithms.grpo import (
     GRPOLossConfig,
     LossNormaliser,
     clipped_surrogate,
-    count_contribution,
     flat_groups,
     group_advantages,
     grpo_policy_loss,
-    mask_sequences,
     tis_weights,
 )
 
@@ -78,13 +76,23 @@ def test_flat_groups_with_tolerance():
     assert keep.tolist() == [False] * 3 + [True] * 6
 
 
-def test_mask_sequences_drops_truncated_from_loss_and_normaliser():
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
-    truncated = torch.tensor([False, True, False])
-    masked = mask_sequences(mask, ~truncated)
-    assert masked.tolist() == [[True, True, False], [False] * 3, [True, False, False]]
-    # 2 + 1 tokens, 2 sequences left
-    assert count_contribution(masked).tolist() == [3.0, 2.0]
+def test_mask_truncated_drops_truncated_from_loss_mask_and_normaliser():
+    from types import SimpleNamespace
+
+    from rl_pipeline.batch import build_batch, collate_grpo
+
+    def completion(n_tokens, truncated):
+        return SimpleNamespace(token_ids=[5] * n_tokens, logprobs=[-1.0] * n_tokens, truncated=truncated)
+
+    # one group of 3: completions of 2, 3 (truncated) and 1 tokens; rewards not flat
+    batch = build_batch([[1, 2]], [[completion(2, False), completion(3, True), completion(1, False)]],
+                        [1.0, 0.0, 0.5], mask_truncated=True)
+    norm = batch.normaliser()
+    assert (norm.tokens, norm.sequences) == (3.0, 2.0)  # 2 + 1 tokens, 2 sequences left
+    mask = collate_grpo([s.as_row() for s in batch.samples], pad_id=0, device="cpu")["mask"]
+    # label position t predicts token t+1: completion tokens sit at positions 1.. (prompt of 2)
+    assert mask.tolist() == [[False, True, True, False], [False] * 4, [False, True, False, False]]
+    assert (LossNormaliser.of(mask).tokens, LossNormaliser.of(mask).sequences) == (3.0, 2.0)
 
 
 # ---------------------------------------------------------------- clipped surrogate
@@ -265,8 +273,7 @@ def test_micro_batches_sum_to_the_full_batch_loss_and_gradient(aggregation, kl_e
     # micro-batches of 3, 3, 2 rows, each trimmed to its own longest row (as a collator pads)
     parts = [torch.arange(0, 3), torch.arange(3, 6), torch.arange(6, 8)]
     widths = [max(int(mask[p].sum(-1).max()), 1) for p in parts]
-    counts = sum(count_contribution(mask[p, :w]) for p, w in zip(parts, widths))  # the all-reduce
-    norm = LossNormaliser.from_counts(counts)
+    norm = LossNormaliser.of(mask)  # counted once for the whole batch, as the driver does
     total, summed = torch.zeros((), dtype=D), {}
     for p, w in zip(parts, widths):
         loss, metrics = grpo_policy_loss(leaf[p, :w], old[p, :w], adv[p], mask[p, :w],
