@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from rl_pipeline.atomic import atomic_write_text
-from rl_pipeline.config import TrackingConfig
+from rl_pipeline.config import InputError, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 class Tracker:
     def __init__(self, run_dir: Path, cfg: TrackingConfig, resume_after_step: int | None = None):
+        wandb = _import_wandb() if cfg.wandb else None  # before anything is written
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_after_step is not None:
             self._truncate_after(resume_after_step)
@@ -39,9 +40,7 @@ class Tracker:
 
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_after_step)
         self._wandb = None
-        if cfg.wandb:
-            import wandb  # optional dependency, imported only when asked for
-
+        if wandb is not None:
             os.environ.setdefault("WANDB_MODE", cfg.wandb_mode)
             self._wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), name=Path(run_dir).name)
 
@@ -69,6 +68,15 @@ class Tracker:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _import_wandb():
+    try:
+        import wandb  # optional dependency (the `wandb` extra), imported only when asked for
+    except ImportError:
+        raise InputError("tracking.wandb: true needs the wandb package: "
+                         "pip install 'rl_pipeline[wandb]' (or set tracking.wandb: false)") from None
+    return wandb
 
 
 def _plain(value):
