@@ -244,6 +244,12 @@ def _load_path(spec: str) -> Callable[..., Any]:
             module = importlib.import_module(target)
     except (ImportError, FileNotFoundError) as exc:
         raise UnknownRewardError(f"reward {spec!r}: cannot import {target!r}: {exc}") from exc
+    except SyntaxError as exc:  # the user's file (or a module it imports) does not parse
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        raise UnknownRewardError(f"reward {spec!r}: {where}: {type(exc).__name__}: {exc.msg}") from None
+    except Exception as exc:  # module-level code of the user's file raised
+        raise UnknownRewardError(f"reward {spec!r}: importing {target!r} raised at {_raised_at(exc)}: "
+                                 f"{type(exc).__name__}: {exc}") from None
     obj = getattr(module, attr, None)
     if obj is None or not callable(obj):
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
@@ -251,6 +257,14 @@ def _load_path(spec: str) -> Callable[..., Any]:
             f"reward {spec!r}: {target!r} has no callable {attr!r}; it defines: {', '.join(names)}"
         )
     return obj
+
+
+def _raised_at(exc: BaseException) -> str:
+    """'file, line N' of the innermost frame of the exception's traceback."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else "?"
 
 
 def _import_file(path: Path) -> Any:

@@ -114,10 +114,11 @@ def load_plan(path: str | Path, run_dir: str | Path | None = None, seed: int | N
     return PipelinePlan(run, prepare, stages, report)
 
 
-def check_sandboxes(plan: PipelinePlan) -> None:
-    """Before the first stage runs: every stage's rewards that run model-written code must be
+def check_rewards(plan: PipelinePlan) -> None:
+    """Before the first stage runs: every stage's reward functions resolve (names, files that
+    import), take the keyword arguments given, and those that run model-written code are
     isolated on this machine (or opt out), so a late stage cannot fail hours into the run."""
-    from rl_pipeline.workers.reward import check_isolation
+    from rl_pipeline.workers.reward import validate
 
     recipes = [(f"stages[{i}] ({stage.name})", stage.recipe) for i, stage in enumerate(plan.stages)]
     if plan.report.get("recipe") is not None:
@@ -125,8 +126,8 @@ def check_sandboxes(plan: PipelinePlan) -> None:
     for where, recipe in recipes:
         if recipe.rewards is not None:
             try:
-                check_isolation(recipe.rewards)
-            except InputError as exc:
+                validate(recipe.rewards)
+            except (InputError, ValueError, LookupError, ImportError, TypeError) as exc:
                 raise InputError(f"{where}: {exc}") from None
 
 
@@ -167,7 +168,7 @@ def run_stage(stage: Stage, run_dir: Path) -> dict:
 def run_pipeline(path: str | Path, run_dir: str | Path | None = None, seed: int | None = None) -> Path:
     """Run every unfinished stage in order, then the report; returns the run directory."""
     plan = load_plan(path, run_dir, seed)
-    check_sandboxes(plan)
+    check_rewards(plan)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     prepare_inputs(plan)
     for stage in plan.stages:

@@ -5,6 +5,7 @@ to any command is one stderr line with exit status 2. (`rlp config` is covered i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,51 @@ def test_config_prints_every_stage_of_a_pipeline_recipe():
     assert "eps_low" in grpo["grpo"] and "{run_dir}" not in result.stdout
     refused = runner.invoke(app, ["config", str(demo), "trainer.lr=1e-4"])
     assert refused.exit_code == 2 and "pipeline recipe takes no KEY=VALUE overrides" in refused.stderr
+
+
+# --- a reward file the user wrote with a syntax error ----------------------------------------------
+
+BROKEN_REWARD = "def score(prompts, completions, **kw):\n    return [1.0 for c in completions]\n\ndef oops(:\n"
+
+
+def _grpo_recipe_with_broken_reward(tmp_path: Path) -> Path:
+    """A GRPO recipe complete up to its second reward, a file whose line 4 does not parse."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # enough for the model-path check
+    (tmp_path / "my_rewards.py").write_text(BROKEN_REWARD)
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text(
+        "name: broken\noutput_dir: runs\nmodel: {path: model}\ndata: {train: {path: train.jsonl}}\n"
+        "rollout: {max_tokens: 8}\ngrpo: {steps: 1}\n"
+        "rewards:\n  functions:\n    - {name: math}\n    - {name: 'my_rewards.py:score'}\n")
+    return recipe
+
+
+def test_a_reward_file_with_a_syntax_error_is_one_line_naming_key_file_and_line(tmp_path):
+    recipe = _grpo_recipe_with_broken_reward(tmp_path)
+    result = subprocess.run([str(RLP), "grpo", str(recipe)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "rewards.functions[1]" in lines[0] and "my_rewards.py" in lines[0] and "line 4" in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()  # refused before the run directory (and any actor)
+
+
+def test_a_pipeline_stage_with_a_broken_reward_file_is_refused_before_the_first_stage(tmp_path, monkeypatch):
+    _grpo_recipe_with_broken_reward(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the reward file's path is relative, as users write it
+    # The first stage lacks its `sft` section: it fails at once if it is reached at all.
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        "name: p\noutput_dir: runs\nstages:\n"
+        "  - {name: first, kind: sft, recipe: {model: {path: model}, data: {train: {path: train.jsonl}}}}\n"
+        "  - name: rl\n    kind: grpo\n    recipe:\n      model: {path: model}\n"
+        "      data: {train: {path: train.jsonl}}\n      rollout: {max_tokens: 8}\n"
+        "      rewards: {functions: [{name: 'my_rewards.py:score'}]}\n")
+    result = runner.invoke(app, ["pipeline", str(pipeline), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stages[1] (rl)" in lines[0] and "rewards.functions[0]" in lines[0], result.stderr
+    assert "my_rewards.py" in lines[0] and "line 4" in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()

@@ -72,6 +72,17 @@ def test_missing_attribute_in_file_names_what_exists(tmp_path):
         rewards.get(f"{tmp_path}/absent.py:one")
 
 
+def test_a_user_file_that_does_not_import_is_one_line_with_file_and_line(tmp_path):
+    (tmp_path / "syntax.py").write_text("x = 1\ndef f(:\n")
+    with pytest.raises(rewards.UnknownRewardError) as syntax:
+        rewards.get(f"{tmp_path}/syntax.py:f")
+    assert f"{tmp_path}/syntax.py, line 2: SyntaxError" in str(syntax.value) and "\n" not in str(syntax.value)
+    (tmp_path / "raises.py").write_text("import json\n\nLIMIT = 1 / 0\n")
+    with pytest.raises(rewards.UnknownRewardError) as raised:
+        rewards.get(f"{tmp_path}/raises.py:f")
+    assert f"{tmp_path}/raises.py, line 3: ZeroDivisionError: division by zero" in str(raised.value)
+
+
 def test_verl_per_sample_function_is_adapted(tmp_path):
     path = tmp_path / "verl_style.py"
     path.write_text(textwrap.dedent("""
