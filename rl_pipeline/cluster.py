@@ -1,7 +1,8 @@
 """Connect to Ray and place the roles of a job on it.
 
 `connect` joins an existing cluster (recipe `cluster.address`, else RAY_ADDRESS) or starts a
-local instance, and shuts down only what this process started. `plan_grpo` turns the recipe
+local instance, and shuts down only what this process started (a local instance also when this
+process is killed: ray_reaper.py). `plan_grpo` turns the recipe
 (role counts, per-actor resources, `cluster.placement` pinning, `cluster.colocate`) into one
 `Placement` per role, checking the live cluster can host all of them before any actor starts.
 `record_placement` logs where each role landed and writes `placement.json` to the run directory.
@@ -21,6 +22,7 @@ import ray
 
 from rl_pipeline.atomic import atomic_write_text
 from rl_pipeline.config import ClusterConfig, Recipe, RecipeError
+from rl_pipeline.ray_reaper import watch
 from rl_pipeline.workers.group import (
     ActorGroup, Demand, NodeInfo, Placement, Resources, SharedBundles, actor_node_id, check_cluster_fits,
     cluster_nodes,
@@ -41,11 +43,16 @@ def connect(cfg: ClusterConfig):
         ray.init(address=address, log_to_driver=True)
         log.info("cluster resources: %s", ray.cluster_resources())
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+    reaper = None
     try:
+        if not address:  # the local instance dies with this process, however it dies
+            reaper = watch(context.address_info["session_dir"])
         yield
     finally:
         ray.shutdown()
+        if reaper is not None:
+            reaper.close()
 
 
 @dataclass
