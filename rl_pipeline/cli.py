@@ -6,7 +6,6 @@ exit status 2, before any actor starts.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -37,13 +36,15 @@ def _load(recipe: Path, overrides: list[str]):
         _fail(str(exc))
 
 
+VERBOSE_HELP = ("debug logging, and the output of Ray, vLLM, DeepSpeed and the actors on the console "
+                "(otherwise in the Ray session's log files)")
+
+
 @app.callback()
-def _setup_logging(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def _setup_logging(verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)) -> None:
+    from rl_pipeline import console
+
+    console.configure(verbose)
 
 
 @app.command("config")

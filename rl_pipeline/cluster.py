@@ -20,6 +20,7 @@ from typing import Any
 
 import ray
 
+from rl_pipeline import console
 from rl_pipeline.atomic import atomic_write_text
 from rl_pipeline.config import ClusterConfig, Recipe, RecipeError
 from rl_pipeline.ray_reaper import watch
@@ -40,10 +41,15 @@ def connect(cfg: ClusterConfig):
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **console.ray_logging())
         log.info("cluster resources: %s", ray.cluster_resources())
+        if not console.verbose():
+            log.info("the actors' output stays in each node's Ray logs (rlp --verbose shows it here)")
     else:
-        context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, **console.ray_logging())
+        # The phrase "Started a local Ray instance" is Ray's own (tests look for it).
+        log.info("Started a local Ray instance; the actors' output (vLLM, DeepSpeed) is in %s/logs%s",
+                 context.address_info["session_dir"], "" if console.verbose() else " (rlp --verbose shows it here)")
     reaper = None
     try:
         if not address:  # the local instance dies with this process, however it dies

@@ -171,7 +171,7 @@ class WeightSync:
             self.backend = backend_for(self.device, trainer, engines)
         stats = self.backend.push(trainer, engines)
         self.pushes += 1
-        log.info(
+        (log.info if self.pushes == 1 else log.debug)(  # every push's time is in the metrics (sync/seconds)
             "weight sync #%d (%s): %.1f MB in %.3fs",
             self.pushes, self.backend.name, stats["sync/bytes"] / 1e6, stats["sync/seconds"],
         )
