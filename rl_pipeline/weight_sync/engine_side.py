@@ -1,4 +1,4 @@
-"""The worker extension that vLLM mixes into its worker class, so the pipeline can push weights.
+"""The engine side of the weight sync: the worker extension that vLLM mixes into its worker class, so the pipeline can push weights.
 
 A rollout engine starts `vllm.LLM(..., worker_extension_cls=EXTENSION)`; vLLM then adds these
 methods to every worker process of the engine, and `llm.collective_rpc("rlp_load_weights",
@@ -24,7 +24,7 @@ import logging
 import time
 
 # The dotted path vLLM imports in its worker processes.
-EXTENSION = "rl_pipeline.workers.vllm_extension.RolloutWorkerExtension"
+EXTENSION = "rl_pipeline.weight_sync.engine_side.RolloutWorkerExtension"
 
 
 def load_state_blob(blob: bytes) -> dict:
@@ -151,7 +151,3 @@ class RolloutWorkerExtension:
         import torch
 
         return str(torch.cuda.get_device_properties(self.device.index or 0).uuid)
-
-    def rlp_ping(self) -> int:
-        """The worker's rank: a cheap check that the extension is installed."""
-        return int(getattr(self, "rank", 0))
