@@ -25,6 +25,7 @@ from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for, load_prompts
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
 from rl_pipeline.pipelines.evaluate import evaluate
+from rl_pipeline.pipelines.hybrid_engine import HybridEngine, check_hybrid_engine, hybrid_engine_on
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.tracking import Tracker
 
@@ -121,6 +122,7 @@ class _Actors:
     reference: object | None
     sync: object
     sampler: object | None = None  # multi-turn rollouts over `engines` when the recipe has tools
+    hybrid: HybridEngine | None = None  # hand-overs of shared GPUs; with it off, only the weight push
 
     def shutdown(self) -> None:
         for part in (self.sampler, self.engines, self.scorer, self.reference, self.policy):
@@ -139,10 +141,18 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     from rl_pipeline.workers.rollout import RolloutGroup
     from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
 
+    import ray
+
+    from rl_pipeline.memory_plan import guard
+
+    hybrid_on = hybrid_engine_on(recipe, has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
+    guard(recipe, hybrid_on, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
     plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts
     started = []
     try:
         started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout))
+        hybrid = HybridEngine(None, started[0], None, recipe.rollout.sleep_level, enabled=hybrid_on)
+        hybrid.engines_sleep_for_startup()  # the trainer's start-up needs the card the engines just took
         started.append(RewardService.start(recipe.rewards, placement=plan.reward))
         started.append(None if plan.reference is None else ReferenceGroup.start(
             recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, placement=plan.reference))
@@ -154,7 +164,13 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     except BaseException:
         _Actors(*(started + [None] * (4 - len(started))), sync=None).shutdown()
         raise
-    return _Actors(policy, engines, scorer, reference, WeightSync())
+    sync = WeightSync()
+    hybrid.policy, hybrid.sync = policy, sync
+    engines.on_replace = hybrid.refresh_replaced
+    if hybrid_on:
+        log.info("hybrid engine: engines sleep (level %d) while the trainer trains; trainer states in CPU memory "
+                 "while the engines generate", recipe.rollout.sleep_level)
+    return _Actors(policy, engines, scorer, reference, sync, hybrid=hybrid)
 
 
 def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> GRPOResult:
@@ -163,6 +179,7 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 
     inputs = check_grpo_inputs(recipe)
     check_sampling(recipe)  # training only: `rlp eval` may sample with top-p or greedily
+    check_hybrid_engine(recipe)
     run = RunDir.open(recipe, run_dir, resume)
     resumed = run.latest() if resume else None
     start = resumed.step if resumed else 0
@@ -178,15 +195,18 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 
                 actors.sampler = MultiTurnRollout(actors.engines, inputs.tokenizer, recipe.tools)
             if resumed:
-                actors.policy.load_state(str(resumed.checkpoint))
-                actors.sync.push(actors.policy, actors.engines)
+                with actors.hybrid.trainer_resident(push_after=False):
+                    actors.policy.load_state(str(resumed.checkpoint))
                 log.info("resumed from %s at step %d", resumed.checkpoint, start)
-            elif recipe.grpo.eval_every and inputs.eval:
+            if resumed or actors.hybrid.enabled:  # the engines hold other weights (or none, asleep)
+                actors.hybrid.hand_to_engines()
+            if not resumed and recipe.grpo.eval_every and inputs.eval:
                 tracker.log(0, _evaluate(recipe, inputs, actors, 0))  # the starting policy
             final_eval = _loop(recipe, inputs, actors, stream, run, tracker, start)
             if inputs.eval and not final_eval:  # the last step did not evaluate
                 final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps)
-            actors.policy.save_hf(str(run.final_model))
+            with actors.hybrid.trainer_resident(push_after=False):
+                actors.policy.save_hf(str(run.final_model))
         finally:
             tracker.close()
             actors.shutdown()
@@ -218,7 +238,8 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                 tracker.log(done, metrics)
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
-                    run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
+                    with actors.hybrid.trainer_resident():
+                        run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
                 progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
     finally:
         if ahead is not None:
@@ -246,6 +267,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         return {**metrics, **timer.metrics()}
     if ahead is not None and step + 1 < g.steps:
         ahead.start(step + 1, stream.position)
+    actors.hybrid.hand_to_trainer(timer, metrics)
     if actors.reference is not None:
         with timer("reference"):
             actors.reference.add_logprobs(batch.samples, recipe.rollout.temperature)
@@ -258,8 +280,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     if ahead is not None:
         with timer("rollout_wait"):
             ahead.wait()
-    with timer("sync"):
-        metrics.update(actors.sync.push(actors.policy, actors.engines))
+    metrics.update(actors.hybrid.hand_to_engines(timer, metrics))  # the weight push, timed as time/sync
     metrics["train/skipped"] = 0.0
     timings = timer.metrics()
     trained_tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.samples)

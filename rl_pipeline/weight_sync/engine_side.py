@@ -128,6 +128,9 @@ class RolloutWorkerExtension:
     def rlp_init_transfer(self, backend: str, init_info: dict) -> None:
         """Build vLLM's `backend` ("nccl" | "ipc") transfer engine; for NCCL, join the trainer's
         group (blocks until the trainer's rank 0 joins too)."""
+        # A fresh transfer engine each time: after an engine replacement the NCCL group is rebuilt
+        # with every engine, and the old group's communicator must not be reused.
+        self.__dict__.setdefault("_rlp_transfer_engines", {}).pop(backend, None)
         engine = self._rlp_transfer_engine(backend)
         engine.init_transfer_engine(engine.parse_init_info(dict(init_info)))
 
@@ -151,3 +154,11 @@ class RolloutWorkerExtension:
         import torch
 
         return str(torch.cuda.get_device_properties(self.device.index or 0).uuid)
+
+    def rlp_device_used_gib(self) -> float:
+        """GiB in use on this worker's GPU by every process (vLLM's sleep-mode pool keeps entries
+        for released memory, so its own count does not drop when the engine sleeps)."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info(self.device)
+        return (total - free) / 2**30

@@ -50,6 +50,12 @@ class WeightSync:
         self.backend = backend_for(device) if device == "cpu" else None
         self.pushes = 0
 
+    def engines_replaced(self) -> None:
+        """An engine was replaced: NCCL rebuilds its group (the dead engine's ranks are gone) on
+        the next push; the other transports reach the new engine as they are."""
+        if isinstance(self.backend, NcclBackend):
+            self.backend.connected = False
+
     def push(self, trainer: WeightExporter, engines: WeightLoader) -> dict[str, float]:
         if self.backend is None:
             self.device = self.device or engines.device

@@ -67,6 +67,13 @@ def deepspeed_config(cfg: TrainerConfig, device: str, world_size: int) -> dict:
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if cfg.offload_optimizer and device == "cuda":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if cfg.offload_params and device == "cuda":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    # The optimiser step runs where the master weights live: on the GPU with torch's fused AdamW,
+    # in CPU memory (ZeRO-Offload) with torch's multi-tensor AdamW.
+    fused = device == "cuda" and not cfg.offload_optimizer
     return {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum_steps,
@@ -85,9 +92,13 @@ def deepspeed_config(cfg: TrainerConfig, device: str, world_size: int) -> dict:
                 "torch_adam": True,
                 # torch's fused (single-kernel) AdamW on CUDA: one launch for all parameters
                 # instead of a few per tensor; the CPU keeps the multi-tensor path.
-                **({"fused": True} if device == "cuda" else {}),
+                **({"fused": True} if fused else {}),
             },
         },
+        # ZeRO-Offload insists on DeepSpeed's CPU Adam, a C++ op JIT-built at start-up (a compiler
+        # and a minute per machine, and the build failed on the GPU image's arch string before);
+        # torch's AdamW on the CPU master weights needs no build.
+        "zero_force_ds_cpu_optimizer": False,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,

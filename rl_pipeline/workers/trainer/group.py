@@ -60,6 +60,22 @@ class TrainerGroup:
         metrics["policy/lr"] = per_rank[0]["lr"]
         return metrics
 
+    # ---- hybrid engine: GPU memory switching (workers/trainer/memory.py) ---------------------
+    def offload(self, states) -> dict:
+        """Every rank moves `states` to CPU memory; the slowest rank's seconds, rank 0's memory."""
+        return _merge_switch(self.group.call_all("offload", list(states)))
+
+    def onload(self, states=None) -> dict:
+        """Every rank brings its offloaded states (or only `states`) back to the GPU."""
+        return _merge_switch(self.group.call_all("onload", None if states is None else list(states)))
+
+    def gpu_memory(self, reset_peak: bool = False) -> dict:
+        """Rank 0's GPU memory (GiB): allocated, reserved, peak since the last reset, device used."""
+        return self.group.call_all("gpu_memory", reset_peak)[0]
+
+    def device_memory_gib(self) -> float:
+        return self.group.call_all("device_memory_gib")[0]
+
     def export_weights(self):
         """ObjectRef of the full weights (torch.save bytes) from rank 0; the driver never
         fetches it, engines do. Waits until every rank took part (ZeRO-3 gathers)."""
@@ -103,3 +119,5 @@ class TrainerGroup:
         self.group.shutdown()
 
 
+def _merge_switch(per_rank: list[dict]) -> dict:
+    return {**per_rank[0], "seconds": max(r["seconds"] for r in per_rank), "at": min(r["at"] for r in per_rank)}
