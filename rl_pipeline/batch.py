@@ -1,8 +1,8 @@
 """The one batch type of a GRPO step, built from rollouts and rewards, and its tensor form.
 
-`build_batch` (pure: no Ray, no I/O) turns B prompts x G completions and their rewards into
-per-sample training rows with group advantages, drops flat groups when asked, and masks
-truncated completions. Stages add fields (reference logprobs) rather than re-tokenizing.
+`build_batch` (pure: no Ray, no I/O) turns B prompts x G completions with their rewards and the
+advantages the driver computed into per-sample training rows, leaves out the groups it is told
+to drop, and masks truncated completions. Stages add fields (reference logprobs) rather than re-tokenizing.
 `collate_grpo` turns rows into the aligned [N, T-1] tensors the loss needs.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rl_pipeline.algorithms.grpo import LossNormaliser, flat_groups, group_advantages
+from rl_pipeline.algorithms.grpo import LossNormaliser
 from rl_pipeline.data.micro_batches import token_budget_shards
 
 
@@ -105,34 +105,35 @@ def build_batch(
     prompt_ids: list[list[int]],
     completions: list[list],
     rewards: list[float],
+    advantages: list[float],
     *,
-    scale_by_std: bool = True,
-    drop_flat_groups: bool = True,
+    keep_groups: list[bool] | None = None,
     mask_truncated: bool = False,
 ) -> GRPOBatch:
-    """B prompts with G completions each (group-contiguous `rewards`, length B*G) -> a batch.
+    """B prompts with G completions each -> a batch of training rows.
 
-    `completions[b][g]` has token_ids, logprobs and truncated (a rollout Completion), and a
-    loss_mask when it is a multi-turn Trajectory (tool-result ids are not trained).
+    `rewards` and `advantages` are group-contiguous (length B*G; the driver computes the
+    advantages, see algorithms/grpo.group_advantages); groups whose `keep_groups` entry is False
+    are left out (counted in groups_dropped). `completions[b][g]` has token_ids, logprobs and
+    truncated (a rollout Completion), and a loss_mask when it is a multi-turn Trajectory
+    (tool-result ids are not trained).
     """
     group_size = len(completions[0])
-    r = torch.tensor(rewards, dtype=torch.float64)
-    advantages = group_advantages(r, group_size, scale_by_std=scale_by_std)
-    flat = flat_groups(r, group_size)
+    keep = [True] * len(completions) if keep_groups is None else list(keep_groups)
     samples = []
     for b, group in enumerate(completions):
-        if drop_flat_groups and flat[b]:
+        if not keep[b]:
             continue
         for g, completion in enumerate(group):
             i = b * group_size + g
             samples.append(GRPOSample(
                 prompt_ids=list(prompt_ids[b]), completion_ids=list(completion.token_ids),
                 sampler_logprobs=list(completion.logprobs), advantage=float(advantages[i]),
-                reward=float(r[i]), group=b, truncated=completion.truncated,
+                reward=float(rewards[i]), group=b, truncated=completion.truncated,
                 trained=not (mask_truncated and completion.truncated),
                 loss_mask=getattr(completion, "loss_mask", None),
             ))
-    return GRPOBatch(samples, groups_total=len(completions), groups_dropped=int(flat.sum()) if drop_flat_groups else 0)
+    return GRPOBatch(samples, groups_total=len(completions), groups_dropped=keep.count(False))
 
 
 def merge_batches(batches: list[GRPOBatch]) -> GRPOBatch:

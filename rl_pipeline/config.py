@@ -89,6 +89,15 @@ class TrainerConfig(Section):
     eps: float = 1e-8
     grad_clip: float | None = 1.0
     gradient_checkpointing: bool = False
+    offload_optimizer: bool = Field(
+        False,
+        description="keep the fp32 master weights and Adam states in CPU memory and take the optimiser step there "
+        "(DeepSpeed ZeRO-Offload with torch's AdamW: no JIT-built op); frees ~12 bytes per parameter of GPU memory "
+        "for a slower step. Needs zero_stage >= 1",
+    )
+    offload_params: bool = Field(
+        False, description="ZeRO-3 parameter offload to CPU memory (DeepSpeed); needs zero_stage 3",
+    )
     cpus_per_rank: float = Field(0.5, ge=0)
     gpus_per_rank: float = Field(0.0, ge=0)
 
@@ -96,6 +105,10 @@ class TrainerConfig(Section):
     def _min_lr_below_lr(self) -> "TrainerConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is larger than lr ({self.lr})")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (DeepSpeed's ZeRO-Offload)")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params needs zero_stage 3 (got {self.zero_stage})")
         return self
 
 
@@ -149,6 +162,12 @@ class RolloutConfig(Section):
         None, ge=0, description="None = tensor_parallel_size when the cluster has GPUs, else 0"
     )
     max_restarts: int = Field(3, ge=0, description="engine replacements per call before a generate fails")
+    sleep_level: Literal[1, 2] = Field(
+        2,
+        description="hybrid engine (cluster.hybrid_engine): how the engine sleeps while the trainer trains; 1 keeps "
+        "its weights in CPU memory, 2 drops them (the trainer pushes new ones after every step anyway, so nothing "
+        "is lost, and no host copy is kept)",
+    )
     engine_in_process: bool | None = Field(
         None,
         description="run vLLM's engine core inside the engine actor; None = yes on CPU with tensor_parallel_size 1 "
@@ -357,11 +376,30 @@ class ClusterConfig(Section):
         "rollout.num_engines == trainer.num_ranks and rollout.tensor_parallel_size 1. "
         "False: separate bundles (separate GPUs)",
     )
+    hybrid_engine: bool | None = Field(
+        None,
+        description="colocated GPUs shared by time instead of split by memory: the engines sleep (rollout."
+        "sleep_level) while the trainer trains, and the trainer's states go to CPU memory while the engines "
+        "generate, so each side gets most of the card (set rollout.gpu_memory_utilization high, e.g. 0.8). "
+        "None = on when colocate is true on GPUs; it needs colocate. On CPU the switches are no-ops",
+    )
+    memory_check: bool = Field(
+        True,
+        description="before any actor starts on GPUs, estimate each role's memory from the model's config.json and "
+        "the recipe and refuse a plan that cannot fit (rl_pipeline/memory_plan.py); false skips it",
+    )
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     ready_timeout_s: float = Field(
         120.0, gt=0,
         description="how long to wait for resources that exist but are held by others before failing",
     )
+
+    @model_validator(mode="after")
+    def _hybrid_engine_needs_colocation(self) -> "ClusterConfig":
+        if self.hybrid_engine and not self.colocate:
+            raise ValueError("hybrid_engine needs colocate: true (it time-shares the GPUs that trainer ranks and "
+                             "engines share); separated layouts keep both resident")
+        return self
 
     @model_validator(mode="after")
     def _colocated_rollout_follows_trainer(self) -> "ClusterConfig":

@@ -25,6 +25,10 @@ if str(REPO) not in sys.path:
 MODELS = {
     "0.5b": dict(layers=24, hidden=1024, heads=16, kv_heads=4, intermediate=5632, max_positions=4096),
     "1.5b": dict(layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960, max_positions=4096),
+    # Qwen2.5-3B and -7B blocks (3.09B and 7.07B with the 151,936-id vocabulary; 7B's head is untied).
+    "3b": dict(layers=36, hidden=2048, heads=16, kv_heads=2, intermediate=11008, max_positions=4096),
+    "7b": dict(layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944, max_positions=4096,
+               tie_embeddings=False),
 }
 # Qwen2.5's vocabulary size: with it the LM head and the logits cost what they cost on real models.
 QWEN_VOCAB = 151_936
@@ -78,18 +82,21 @@ def build_model(work: Path, name: str, vocab_size: int | None = None) -> tuple[P
     (e.g. QWEN_VOCAB) pads the character tokenizer so the LM head is a real model's."""
     from rl_pipeline.models.tiny import TinyModelSpec, build_tiny_model
 
+    import torch
+
     out = model_dir(work, name, vocab_size)
     if not (out / "config.json").exists():
-        build_tiny_model(out, TinyModelSpec(**MODELS[name], vocab_size=vocab_size))
+        # bf16, initialised on the GPU when there is one: a random 7B in float32 on the CPU is
+        # 30 GB of RAM and minutes of init, and the trainer and engines load bf16 as they are.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        build_tiny_model(out, TinyModelSpec(**MODELS[name], vocab_size=vocab_size), dtype="bfloat16", device=device)
     return out, count_params(out)
 
 
 def count_params(model_dir: Path) -> int:
-    cfg = json.loads((model_dir / "config.json").read_text())
-    h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
-    per_layer = h * h * 2 + 2 * h * kv + h + 2 * kv + 3 * h * i + 2 * h  # q,o + k,v + biases + mlp + norms
-    return L * per_layer + cfg["vocab_size"] * h + h
+    from rl_pipeline.memory_plan import ModelShape
+
+    return ModelShape.from_config(json.loads((model_dir / "config.json").read_text())).params
 
 
 def train_flops_per_token(model_dir: Path, params: int, seq_len: int) -> float:

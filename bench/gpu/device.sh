@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, after the kit is installed in ~/site:
-#   bash bench/gpu/device.sh STAGE...   stages: smoke tests trainer rollout sync sync2 grpo scaling
+#   bash bench/gpu/device.sh STAGE...   stages: smoke tests trainer rollout sync sync2 grpo scaling capacity
+#                                       (CAPACITY=model:mode,... picks capacity.py's configurations)
 #                                       vs_trl1 vs_trl2 (vs_trl1_05 / vs_trl1_15 ...: one model)
 # Logs go to $OUT (what the device tool brings back) and to stdout.
 set -u
@@ -25,6 +26,7 @@ for stage in "$@"; do
     sync2) run sync2 240 python3 bench/gpu/weight_sync.py --layout separated;;
     grpo) run grpo 300 python3 bench/gpu/grpo_step.py;;
     scaling) run scaling 1200 python3 bench/gpu/scaling.py;;  # 7 configurations, ~2 min each; needs 4 GPUs
+    capacity) run capacity 560 python3 bench/gpu/capacity.py --configs "${CAPACITY:-1.5b:static,1.5b:hybrid}";;
     vs_trl1) run vs_trl1 560 python3 bench/gpu/vs_trl.py --gpus 1;;
     vs_trl2) run vs_trl2 560 python3 bench/gpu/vs_trl.py --gpus 2;;
     vs_trl1_05|vs_trl1_15|vs_trl2_05|vs_trl2_15)

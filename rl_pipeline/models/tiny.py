@@ -108,8 +108,10 @@ def build_tokenizer(vocab_multiple: int = 64, vocab_size: int | None = None):
     return hf_tok
 
 
-def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None) -> Path:
-    """Write a randomly initialised tiny Qwen2 model and its tokenizer to `out_dir`."""
+def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None, dtype: str = "float32",
+                     device: str = "cpu") -> Path:
+    """Write a randomly initialised Qwen2 model of `spec`'s shape and its tokenizer to `out_dir`,
+    in `dtype`, initialised on `device` (the GPU benches build 7B-shaped models on the GPU)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -130,10 +132,11 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None) -> 
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        torch_dtype=dtype,
     )
     torch.manual_seed(spec.seed)
-    model = Qwen2ForCausalLM(config)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, pstdev
 
-from rl_pipeline.algorithms.grpo import GRPOLossConfig
+import torch
+
+from rl_pipeline.algorithms.grpo import GRPOLossConfig, flat_groups, group_advantages
 from rl_pipeline.batch import GRPOBatch, build_batch, merge_batches
 from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe
@@ -23,6 +25,8 @@ from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
 from rl_pipeline.pipelines.evaluate import evaluate
 from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, check_grpo_inputs
+from rl_pipeline.pipelines.hybrid_engine import HybridEngine, check_hybrid_engine, hybrid_engine_on
+from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -34,70 +38,6 @@ class GRPOResult:
     final_model: Path
     steps: int
     final_eval: dict[str, float] = field(default_factory=dict)
-
-
-class PhaseTimer:
-    """Wall time per named phase of a step; what no phase covers is reported as `other`."""
-
-    def __init__(self) -> None:
-        self.start, self.seconds, self.overlapped = time.perf_counter(), {}, {}
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
-
-    def add_overlapped(self, seconds: dict[str, float]) -> None:
-        """Phases another thread ran while this one worked: reported, not counted against `other`."""
-        for phase, value in seconds.items():
-            self.overlapped[phase] = self.overlapped.get(phase, 0.0) + value
-
-    def metrics(self) -> dict[str, float]:
-        total = time.perf_counter() - self.start
-        out = {f"time/{k}": v for k, v in (self.overlapped | self.seconds).items()}
-        out["time/other"] = max(0.0, total - sum(self.seconds.values()))
-        out["time/step"] = total
-        return out
-
-
-class RolloutAhead:
-    """`grpo.overlap_generation`: collects step k+1's batch on a background thread while step k
-    trains, so engines and trainer ranks on different GPUs work at the same time. The batch is
-    one step off-policy (sampled before step k's update). Nothing is in flight at the end of a
-    step: the driver waits for the batch before the weight sync, since engines must not
-    generate while their weights are replaced."""
-
-    def __init__(self, collect) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.collect = collect  # step -> (batch, metrics, PhaseTimer)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-ahead")
-        self.future = None
-        self.ready = None
-        self.resume_position: int | None = None  # prompt-stream position before the batch in hand
-
-    def start(self, step: int, position: int) -> None:
-        self.resume_position = position
-        self.future = self.executor.submit(self.collect, step)
-
-    def wait(self) -> None:
-        if self.future is not None:
-            self.ready, self.future = self.future.result(), None
-
-    def position_to_save(self, current: int) -> int:
-        """The prompt-stream position a checkpoint records: before the batch collected ahead,
-        which is not saved, so a resumed run draws those prompts again."""
-        return current if self.resume_position is None else self.resume_position
-
-    def take(self):
-        ready, self.ready, self.resume_position = self.ready, None, None
-        return ready
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def check_sampling(recipe: Recipe) -> None:
@@ -133,6 +73,7 @@ class _Actors:
     reference: object | None
     sync: object
     sampler: object | None = None  # multi-turn rollouts over `engines` when the recipe has tools
+    hybrid: HybridEngine | None = None  # hand-overs of shared GPUs; with it off, only the weight push
 
     def shutdown(self) -> None:
         for part in (self.sampler, self.engines, self.scorer, self.reference, self.policy):
@@ -151,10 +92,18 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     from rl_pipeline.workers.rollout import RolloutGroup
     from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
 
+    import ray
+
+    from rl_pipeline.memory_plan import guard
+
+    hybrid_on = hybrid_engine_on(recipe, has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
+    guard(recipe, hybrid_on, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
     plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts
     started = []
     try:
         started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout))
+        hybrid = HybridEngine(None, started[0], None, recipe.rollout.sleep_level, enabled=hybrid_on)
+        hybrid.engines_sleep_for_startup()  # the trainer's start-up needs the card the engines just took
         started.append(RewardService.start(recipe.rewards, placement=plan.reward))
         started.append(None if plan.reference is None else ReferenceGroup.start(
             recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, placement=plan.reference))
@@ -166,7 +115,13 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     except BaseException:
         _Actors(*(started + [None] * (4 - len(started))), sync=None).shutdown()
         raise
-    return _Actors(policy, engines, scorer, reference, WeightSync())
+    sync = WeightSync()
+    hybrid.policy, hybrid.sync = policy, sync
+    engines.on_replace = hybrid.refresh_replaced
+    if hybrid_on:
+        log.info("hybrid engine: engines sleep (level %d) while the trainer trains; trainer states in CPU memory "
+                 "while the engines generate", recipe.rollout.sleep_level)
+    return _Actors(policy, engines, scorer, reference, sync, hybrid=hybrid)
 
 
 def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> GRPOResult:
@@ -175,6 +130,7 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 
     inputs = check_grpo_inputs(recipe)
     check_sampling(recipe)  # training only: `rlp eval` may sample with top-p or greedily
+    check_hybrid_engine(recipe)
     run = RunDir.open(recipe, run_dir, resume)
     resumed = run.latest() if resume else None
     start = resumed.step if resumed else 0
@@ -190,15 +146,18 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 
                 actors.sampler = MultiTurnRollout(actors.engines, inputs.tokenizer, recipe.tools)
             if resumed:
-                actors.policy.load_state(str(resumed.checkpoint))
-                actors.sync.push(actors.policy, actors.engines)
+                with actors.hybrid.trainer_resident(push_after=False):
+                    actors.policy.load_state(str(resumed.checkpoint))
                 log.info("resumed from %s at step %d", resumed.checkpoint, start)
-            elif recipe.grpo.eval_every and inputs.eval:
+            if resumed or actors.hybrid.enabled:  # the engines hold other weights (or none, asleep)
+                actors.hybrid.hand_to_engines()
+            if not resumed and recipe.grpo.eval_every and inputs.eval:
                 tracker.log(0, _evaluate(recipe, inputs, actors, 0))  # the starting policy
             final_eval = _loop(recipe, inputs, actors, stream, run, tracker, start)
             if inputs.eval and not final_eval:  # the last step did not evaluate
                 final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps)
-            actors.policy.save_hf(str(run.final_model))
+            with actors.hybrid.trainer_resident(push_after=False):
+                actors.policy.save_hf(str(run.final_model))
         finally:
             tracker.close()
             actors.shutdown()
@@ -230,7 +189,8 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                 tracker.log(done, metrics)
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
-                    run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
+                    with actors.hybrid.trainer_resident():
+                        run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
                 progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
     finally:
         if ahead is not None:
@@ -258,6 +218,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         return {**metrics, **timer.metrics()}
     if ahead is not None and step + 1 < g.steps:
         ahead.start(step + 1, stream.position)
+    actors.hybrid.hand_to_trainer(timer, metrics)
     if actors.reference is not None:
         with timer("reference"):
             actors.reference.add_logprobs(batch.samples, recipe.rollout.temperature)
@@ -270,8 +231,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     if ahead is not None:
         with timer("rollout_wait"):
             ahead.wait()
-    with timer("sync"):
-        metrics.update(actors.sync.push(actors.policy, actors.engines))
+    metrics.update(actors.hybrid.hand_to_engines(timer, metrics))  # the weight push, timed as time/sync
     metrics["train/skipped"] = 0.0
     timings = timer.metrics()
     trained_tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.samples)
@@ -295,9 +255,13 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
                 columns["trajectory"] = [c.for_reward() for c in flat]
             scored = actors.scorer.score([p.text for p in prompts for _ in range(g.group_size)],
                                          [c.text for c in flat], columns)
-        batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total,
-                                   scale_by_std=g.scale_advantages_by_std, drop_flat_groups=g.drop_flat_groups,
-                                   mask_truncated=g.mask_truncated))
+        # GRPO's group-relative advantage: each completion's reward against its group's mean
+        # (divided by the group's std when asked); groups with equal rewards teach nothing.
+        rewards = torch.tensor(scored.total, dtype=torch.float64)
+        advantages = group_advantages(rewards, g.group_size, scale_by_std=g.scale_advantages_by_std)
+        keep = (~flat_groups(rewards, g.group_size)).tolist() if g.drop_flat_groups else None
+        batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total, advantages.tolist(),
+                                   keep_groups=keep, mask_truncated=g.mask_truncated))
         if round_ == 0:
             metrics = _rollout_stats(flat, scored, inputs.correct_component, g.accuracy_threshold,
                                      timer.seconds["generate"])

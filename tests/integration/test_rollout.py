@@ -65,7 +65,7 @@ def test_engine_arguments_per_device():
     cpu = engine_kwargs("m", RolloutConfig(), seed=3, device="cpu")
     assert cpu["dtype"] == "float32" and cpu["kv_cache_memory_bytes"] == 512 * 1024**2
     assert cpu["enforce_eager"] and cpu["seed"] == 3 and cpu["logprobs_mode"] == "processed_logprobs"
-    assert cpu["worker_extension_cls"] == "rl_pipeline.workers.vllm_extension.RolloutWorkerExtension"
+    assert cpu["worker_extension_cls"] == "rl_pipeline.weight_sync.engine_side.RolloutWorkerExtension"
     assert "gpu_memory_utilization" not in cpu
     assert engine_env(RolloutConfig(), "cpu") == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     gpu_cfg = RolloutConfig(tensor_parallel_size=2, gpu_memory_utilization=0.4)

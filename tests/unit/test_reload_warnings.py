@@ -2,7 +2,7 @@
 
 import logging
 
-from rl_pipeline.workers.vllm_extension import RELOAD_LOGGER, RELOAD_WARNING, ExpectedReloadWarnings
+from rl_pipeline.weight_sync.engine_side import RELOAD_LOGGER, RELOAD_WARNING, ExpectedReloadWarnings
 
 
 def record(layer: str, msg: str = RELOAD_WARNING) -> logging.LogRecord:

@@ -170,7 +170,7 @@ def test_loss_mask_keeps_tool_result_ids_out_of_the_loss_and_the_normaliser():
     mask = [1, 1, 1, 0, 0, 1]
     trajs = [Trajectory([5, 6, 7, 8, 9, 10], [-0.1, -0.2, -0.3, 0.0, 0.0, -0.4], "x", "stop", False, loss_mask=mask)
              for _ in range(2)]
-    batch = build_batch([[1, 2]], [trajs], [1.0, 0.0])
+    batch = build_batch([[1, 2]], [trajs], [1.0, 0.0], advantages=[1.0, -1.0])
     assert batch.normaliser().tokens == 8.0  # 4 sampled ids per trajectory, tool ids not counted
     tensors = collate_grpo([s.as_row() for s in batch.samples], pad_id=0, device="cpu")
     # prompt_len 2: completion id j sits at label position 1 + j; positions 1..6 of 7.

@@ -1,4 +1,4 @@
-"""The DeepSpeed configuration a trainer rank builds per device (rl_pipeline/workers/trainer.py)."""
+"""The DeepSpeed configuration a trainer rank builds per device (rl_pipeline/workers/trainer/engine.py)."""
 
 from rl_pipeline.config import TrainerConfig
 from rl_pipeline.workers.trainer import deepspeed_config

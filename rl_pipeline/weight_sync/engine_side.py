@@ -1,4 +1,4 @@
-"""The worker extension that vLLM mixes into its worker class, so the pipeline can push weights.
+"""The engine side of the weight sync: the worker extension that vLLM mixes into its worker class, so the pipeline can push weights.
 
 A rollout engine starts `vllm.LLM(..., worker_extension_cls=EXTENSION)`; vLLM then adds these
 methods to every worker process of the engine, and `llm.collective_rpc("rlp_load_weights",
@@ -24,7 +24,7 @@ import logging
 import time
 
 # The dotted path vLLM imports in its worker processes.
-EXTENSION = "rl_pipeline.workers.vllm_extension.RolloutWorkerExtension"
+EXTENSION = "rl_pipeline.weight_sync.engine_side.RolloutWorkerExtension"
 
 
 def load_state_blob(blob: bytes) -> dict:
@@ -128,6 +128,9 @@ class RolloutWorkerExtension:
     def rlp_init_transfer(self, backend: str, init_info: dict) -> None:
         """Build vLLM's `backend` ("nccl" | "ipc") transfer engine; for NCCL, join the trainer's
         group (blocks until the trainer's rank 0 joins too)."""
+        # A fresh transfer engine each time: after an engine replacement the NCCL group is rebuilt
+        # with every engine, and the old group's communicator must not be reused.
+        self.__dict__.setdefault("_rlp_transfer_engines", {}).pop(backend, None)
         engine = self._rlp_transfer_engine(backend)
         engine.init_transfer_engine(engine.parse_init_info(dict(init_info)))
 
@@ -152,6 +155,10 @@ class RolloutWorkerExtension:
 
         return str(torch.cuda.get_device_properties(self.device.index or 0).uuid)
 
-    def rlp_ping(self) -> int:
-        """The worker's rank: a cheap check that the extension is installed."""
-        return int(getattr(self, "rank", 0))
+    def rlp_device_used_gib(self) -> float:
+        """GiB in use on this worker's GPU by every process (vLLM's sleep-mode pool keeps entries
+        for released memory, so its own count does not drop when the engine sleeps)."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info(self.device)
+        return (total - free) / 2**30

@@ -1,0 +1,40 @@
+"""What the GPU transports send from a trainer rank: its parameters, one full tensor at a time.
+
+`TrainerTensors` is the base of the trainer-side sender mixins (cuda_ipc, nccl). It reads the
+rank's DeepSpeed engine (`self.engine`) and spec (`self.spec`). Under ZeRO-3 each parameter is
+gathered on every rank in turn, so all ranks must iterate together.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TrainerTensors:
+    def gpu_uuid(self) -> str:
+        """The physical GPU of this rank: an engine reporting the same UUID shares the device."""
+        return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+
+    def _sync_tensors(self):
+        """(Hugging Face name, full tensor on this GPU) per parameter, tied duplicates left out
+        (named_parameters yields a shared tensor once)."""
+        import contextlib
+
+        import deepspeed
+
+        zero3 = self.spec.trainer.zero_stage == 3
+        for name, param in self.engine.module.named_parameters():
+            gather = deepspeed.zero.GatheredParameters([param]) if zero3 else contextlib.nullcontext()
+            with gather:
+                yield name, param.detach()
+
+    def weight_meta(self) -> dict:
+        """Names, dtypes and shapes of what `_sync_tensors` sends (no gather needed)."""
+        names, dtypes, shapes = [], [], []
+        for name, param in self.engine.module.named_parameters():
+            names.append(name)
+            dtypes.append(str(param.dtype).removeprefix("torch."))
+            shapes.append(list(getattr(param, "ds_shape", param.shape)))
+        return {"names": names, "dtype_names": dtypes, "shapes": shapes,
+                "bytes": sum(torch.Size(s).numel() * torch.empty(0, dtype=getattr(torch, d)).element_size()
+                             for s, d in zip(shapes, dtypes))}

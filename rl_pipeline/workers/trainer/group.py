@@ -1,0 +1,123 @@
+"""The driver's handle on all trainer ranks: start them together, call them together, merge results."""
+
+from __future__ import annotations
+
+from rl_pipeline.workers.trainer.engine import TrainerSpec
+from rl_pipeline.workers.trainer.worker import TrainerWorker
+
+
+class TrainerGroup:
+    """The driver's handle on all trainer ranks: start them, then call them together."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    @classmethod
+    def start(cls, spec: TrainerSpec, strategy: str = "PACK", placement=None) -> "TrainerGroup":
+        """`placement` (a group.Placement from rl_pipeline.cluster) overrides strategy and resources."""
+        import ray
+
+        from rl_pipeline.workers.group import ActorGroup, Placement, Resources
+
+        cfg = spec.trainer
+        n = cfg.num_ranks
+        placement = placement or Placement(Resources(cpus=cfg.cpus_per_rank, gpus=cfg.gpus_per_rank), strategy)
+        group = ActorGroup.start(
+            "trainer", TrainerWorker, n, init_args=[(rank, n, spec) for rank in range(n)], **placement.group_kwargs(),
+        )
+        addr, port = ray.get(group.actors[0].node_address.remote())  # rank 0 hosts the rendezvous
+        group.call_all("setup", addr, port)
+        return cls(group)
+
+    def sft_step(self, shards: list[list[list[dict]]], global_target_tokens: int) -> dict:
+        """One optimiser step; shards[r] are rank r's micro-batches. Returns global metrics."""
+        results = self.group.call_each("sft_step", [(s, global_target_tokens) for s in shards])
+        return {
+            "loss": sum(r["loss_share"] for r in results),
+            "grad_norm": results[0]["grad_norm"],
+            "lr": results[0]["lr"],
+            "tokens": sum(r["tokens"] for r in results),
+        }
+
+    def grpo_step(self, mini_batches: list, loss_cfg, step: int, inner_epochs: int = 1,
+                  temperature: float = 1.0) -> dict:
+        """GRPO step `step`: mu epochs of one optimiser step per mini-batch; mini_batches[k] =
+        (shards[rank][micro_batch], that mini-batch's global LossNormaliser), as
+        GRPOBatch.mini_batches builds them. Metric shares summed over ranks (global values)."""
+        per_rank = self.group.call_each("grpo_step", [
+            ([(shards[rank], (norm.tokens, norm.sequences)) for shards, norm in mini_batches], loss_cfg, step,
+             inner_epochs, temperature)
+            for rank in range(len(self.group))
+        ])
+        metrics: dict[str, float] = {}
+        for result in per_rank:
+            for key, value in result["shares"].items():
+                metrics[key] = metrics.get(key, 0.0) + value
+        gap_count = sum(r["gap_count"] for r in per_rank)
+        metrics["rollout/logprob_diff_mean"] = sum(r["gap_sum"] for r in per_rank) / max(gap_count, 1)
+        metrics["rollout/logprob_diff_max"] = max(r["gap_max"] for r in per_rank)
+        metrics["policy/grad_norm"] = per_rank[0]["grad_norm"]
+        metrics["policy/lr"] = per_rank[0]["lr"]
+        return metrics
+
+    # ---- hybrid engine: GPU memory switching (workers/trainer/memory.py) ---------------------
+    def offload(self, states) -> dict:
+        """Every rank moves `states` to CPU memory; the slowest rank's seconds, rank 0's memory."""
+        return _merge_switch(self.group.call_all("offload", list(states)))
+
+    def onload(self, states=None) -> dict:
+        """Every rank brings its offloaded states (or only `states`) back to the GPU."""
+        return _merge_switch(self.group.call_all("onload", None if states is None else list(states)))
+
+    def gpu_memory(self, reset_peak: bool = False) -> dict:
+        """Rank 0's GPU memory (GiB): allocated, reserved, peak since the last reset, device used."""
+        return self.group.call_all("gpu_memory", reset_peak)[0]
+
+    def device_memory_gib(self) -> float:
+        return self.group.call_all("device_memory_gib")[0]
+
+    def export_weights(self):
+        """ObjectRef of the full weights (torch.save bytes) from rank 0; the driver never
+        fetches it, engines do. Waits until every rank took part (ZeRO-3 gathers)."""
+        import ray
+
+        refs = [actor.export_weights.remote() for actor in self.group.actors]
+        ray.get(refs[1:])  # the other ranks return None; this surfaces their errors
+        ray.wait(refs[:1])
+        return refs[0]
+
+    def node_ids(self) -> list[str]:
+        return self.group.call_all("node_id")
+
+    def score(self, rows: list[dict], temperature: float = 1.0) -> list[list[float]]:
+        """Per-token completion logprobs under the current weights at `temperature`, from rank 0."""
+        import ray
+
+        return ray.get(self.group.actors[0].score.remote(rows, temperature))
+
+    def eval_loss(self, shards: list[list[list[dict]]]) -> float:
+        results = self.group.call_each("eval_nll", [(s,) for s in shards])
+        total, count = map(sum, zip(*results))
+        return total / max(count, 1)
+
+    def greedy_accuracy(self, pairs: list[tuple[list[int], list[int]]]) -> float:
+        """Fraction of (prompt, target) pairs that greedy decoding reproduces; ranks split them."""
+        n = len(self.group)
+        matches = self.group.call_each("greedy_matches", [(pairs[r::n],) for r in range(n)])
+        return sum(matches) / max(len(pairs), 1)
+
+    def save_state(self, checkpoint_dir: str) -> None:
+        self.group.call_all("save_state", checkpoint_dir)
+
+    def load_state(self, checkpoint_dir: str) -> None:
+        self.group.call_all("load_state", checkpoint_dir)
+
+    def save_hf(self, out_dir: str) -> str:
+        return self.group.call_all("save_hf", out_dir)[0]
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+
+def _merge_switch(per_rank: list[dict]) -> dict:
+    return {**per_rank[0], "seconds": max(r["seconds"] for r in per_rank), "at": min(r["at"] for r in per_rank)}

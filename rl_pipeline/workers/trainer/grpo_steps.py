@@ -1,0 +1,114 @@
+"""The GRPO objective on a trainer rank: the clipped-surrogate update and the logprob checks.
+
+Log-probabilities are of softmax(logits / temperature), the distribution the engines sampled;
+`score` serves the sampler/trainer gap check of the weight sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rl_pipeline.workers.trainer.engine import collate
+
+
+class GRPOSteps:
+    """TrainerWorker mixin (needs TrainerEngine's engine, tokenizer, _accumulate and _set_lr)."""
+
+    def grpo_step(self, mini_batches: list[tuple[list[list[dict]], tuple[float, float]]], loss_cfg, step: int,
+                  inner_epochs: int = 1, temperature: float = 1.0) -> dict:
+        """GRPO step `step` over this rank's share of the batch: `inner_epochs` (mu) epochs, each
+        one optimiser step per mini-batch. mini_batches[k] = (this rank's micro-batches of
+        mini-batch k, its global (tokens, sequences) normaliser over all ranks).
+
+        Every update of the step uses the schedule's lr at `step`. pi_old is the policy before the
+        first update: with one update it is the current forward (ratio 1, the gradient of the
+        surrogate is still right); otherwise a no-grad pass computes it first. Log-probabilities
+        are of softmax(logits / temperature), the distribution the engines sampled. Returns metric
+        shares averaged over the updates (global values once summed over ranks).
+        """
+        from rl_pipeline.algorithms.grpo import LossNormaliser
+        from rl_pipeline.batch import collate_grpo
+
+        self.temperature = temperature
+        lr = self._set_lr(step)
+        pad = self.tokenizer.pad_token_id
+        batches = [([collate_grpo(rows, pad, self.engine.device) for rows in micro], LossNormaliser(*norm))
+                   for micro, norm in mini_batches]
+        if inner_epochs * len(batches) > 1:
+            with torch.no_grad():
+                self.engine.eval()
+                for micro, _ in batches:
+                    for batch in micro:
+                        batch["old_logp"] = self._logprobs(batch)[0]
+        self.engine.train()
+        shares: dict[str, float] = {}
+        gap = _LogprobGap()
+        for epoch in range(inner_epochs):
+            for micro, norm in batches:
+                check = gap if epoch == 0 else None
+                self._accumulate(micro, lambda b, n=norm, c=check: self._grpo_micro_loss(b, n, loss_cfg, shares, c))
+        updates = inner_epochs * len(batches)
+        return {"shares": {k: v / updates for k, v in shares.items()}, "grad_norm": self._grad_norm(), "lr": lr,
+                **gap.result()}
+
+    def _logprobs(self, batch: dict, with_entropy: bool = False):
+        """Completion-token logprobs (and entropies) of a collated GRPO micro-batch at self.temperature."""
+        from rl_pipeline.models.logprobs import sequence_logprobs
+
+        return sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"], with_entropy,
+                                 temperature=self.temperature, positions=batch["mask"])
+
+    def _grpo_micro_loss(self, batch: dict, norm, loss_cfg, shares: dict, sync_check) -> torch.Tensor:
+        from rl_pipeline.algorithms.grpo import grpo_policy_loss
+
+        logp, entropy = self._logprobs(batch, with_entropy=True)
+        old = batch.get("old_logp", logp.detach())
+        if sync_check is not None:
+            sync_check.add(old, batch["sampler_logp"], batch["mask"])
+        loss, metrics = grpo_policy_loss(
+            logp, old, batch["advantages"], batch["mask"], normaliser=norm, config=loss_cfg,
+            ref_logp=batch["ref_logp"], sampler_logp=batch["sampler_logp"] if loss_cfg.tis_cap else None,
+        )
+        metrics["policy/entropy"] = (entropy * batch["mask"]).sum() / max(norm.tokens, 1.0)
+        for key, value in metrics.items():
+            shares[key] = shares.get(key, 0.0) + float(value)
+        return loss
+
+    @torch.no_grad()
+    def score(self, rows: list[dict], temperature: float = 1.0) -> list[list[float]]:
+        """log p of each completion token under the current weights at `temperature` (the
+        sampler/trainer gap check): rows hold prompt_ids and completion_ids."""
+        from rl_pipeline.models.logprobs import sequence_logprobs
+
+        self.engine.eval()
+        sequences = [r["prompt_ids"] + r["completion_ids"] for r in rows]
+        samples = [{"input_ids": ids, "loss_mask": [0] * len(ids)} for ids in sequences]
+        batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
+        logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"],
+                                    temperature=temperature)
+        logp = logp.float().cpu()
+        out = []
+        for i, r in enumerate(rows):
+            first = len(r["prompt_ids"]) - 1  # logp[t] scores token t + 1
+            out.append(logp[i, first : first + len(r["completion_ids"])].tolist())
+        return out
+
+
+class _LogprobGap:
+    """|sampler logprob - trainer logprob| over completion tokens of fresh rollouts: the best
+    detector of a broken weight sync."""
+
+    def __init__(self) -> None:
+        self.total, self.count, self.max = 0.0, 0, 0.0
+
+    def add(self, trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> None:
+        gap = (trainer_logp.detach().float() - sampler_logp.float()).abs()[mask]
+        if gap.numel():
+            self.total += float(gap.sum())
+            self.count += gap.numel()
+            self.max = max(self.max, float(gap.max()))
+
+    def result(self) -> dict[str, float]:
+        return {"gap_sum": self.total, "gap_count": self.count, "gap_max": self.max}
+
+
