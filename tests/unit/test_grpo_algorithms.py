@@ -85,8 +85,9 @@ def test_mask_truncated_drops_truncated_from_loss_mask_and_normaliser():
         return SimpleNamespace(token_ids=[5] * n_tokens, logprobs=[-1.0] * n_tokens, truncated=truncated)
 
     # one group of 3: completions of 2, 3 (truncated) and 1 tokens; rewards not flat
+    rewards = [1.0, 0.0, 0.5]
     batch = build_batch([[1, 2]], [[completion(2, False), completion(3, True), completion(1, False)]],
-                        [1.0, 0.0, 0.5], mask_truncated=True)
+                        rewards, group_advantages(t(rewards), 3).tolist(), mask_truncated=True)
     norm = batch.normaliser()
     assert (norm.tokens, norm.sequences) == (3.0, 2.0)  # 2 + 1 tokens, 2 sequences left
     mask = collate_grpo([s.as_row() for s in batch.samples], pad_id=0, device="cpu")["mask"]
