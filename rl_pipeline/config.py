@@ -381,7 +381,9 @@ class ClusterConfig(Section):
         description="colocated GPUs shared by time instead of split by memory: the engines sleep (rollout."
         "sleep_level) while the trainer trains, and the trainer's states go to CPU memory while the engines "
         "generate, so each side gets most of the card (set rollout.gpu_memory_utilization high, e.g. 0.8). "
-        "None = on when colocate is true on GPUs; it needs colocate. On CPU the switches are no-ops",
+        "None = on for colocated GPUs when the memory plan (rl_pipeline/memory_plan.py) says trainer and engine "
+        "do not fit on the card together (taking turns costs about a tenth of a 1.5B step); it needs colocate. On CPU the "
+        "switches are no-ops",
     )
     memory_check: bool = Field(
         True,

@@ -3,8 +3,9 @@ refuse a plan that cannot fit before any actor starts (instead of an OOM minutes
 
 Estimates, in GiB per GPU (P = parameters, R = trainer ranks that ZeRO shards over):
 - trainer rank: bf16 working weights 2P (ZeRO-3: 2P/R), fp32 master weights 4P/R, Adam moments
-  8P/R (both 0 with trainer.offload_optimizer), gradients 2P/R + 4P/R (the bf16 partition and the
-  fp32 copy of the step) + DeepSpeed's reduce bucket, activations of one micro-batch (per token and
+  8P/R, gradients 2P/R + 4P/R (the bf16 partition and the fp32 copy of the step) + DeepSpeed's
+  reduce bucket (with trainer.offload_optimizer: no master, moments or gradient partitions on the
+  GPU, two buckets), activations of one micro-batch (per token and
   layer: the tensors a Qwen2/Llama block keeps for backward, or only its input with
   trainer.gradient_checkpointing, plus one block recomputed), the chunked LM head of
   models/logprobs.py, and the CUDA context.
@@ -12,7 +13,9 @@ Estimates, in GiB per GPU (P = parameters, R = trainer ranks that ZeRO shards ov
   CUDA graphs), plus its CUDA context; asleep (hybrid engine) about the context alone.
 Colocated without the hybrid engine both must fit together; with it, the trainer while training
 next to a sleeping engine, and the engine while generating next to an offloaded trainer.
-bench/gpu/capacity.py measures the peaks these estimates are checked against (BENCHMARKS.md).
+bench/gpu/capacity.py measures the peaks these estimates are checked against (BENCHMARKS.md,
+tests/unit/test_memory_plan.py). Not modelled: start-up transients (the trainer loads float32
+weights before DeepSpeed casts them, 4P, while the engine sleeps).
 """
 
 from __future__ import annotations
@@ -89,8 +92,10 @@ def trainer_estimate(shape: ModelShape, recipe: Recipe) -> Estimate:
         weights = 0.0
     master = 0.0 if (t.offload_optimizer or not bf16) else 4 * P / shard
     adam = 0.0 if t.offload_optimizer else 8 * P / shard
-    grads = (2 * P + (0 if t.offload_optimizer else 4 * P)) / (shard if t.zero_stage >= 2 else 1)
-    grads += REDUCE_BUCKET_BYTES
+    if t.offload_optimizer:  # gradients go to the CPU partition as they are reduced: buckets stay
+        grads = 2 * REDUCE_BUCKET_BYTES
+    else:
+        grads = 6 * P / (shard if t.zero_stage >= 2 else 1) + REDUCE_BUCKET_BYTES
     tokens = t.max_tokens_per_micro_batch or t.micro_batch_size * _max_length(recipe)
     per_layer = shape.activation_bytes_per_token_layer()
     if t.gradient_checkpointing:
@@ -181,15 +186,34 @@ def probe_gpu_gib() -> float | None:
     return ray.get(total_gib.remote())
 
 
-def guard(recipe: Recipe, hybrid: bool, run_dir: Path | None = None) -> list[Estimate] | None:
-    """The check `rlp grpo` runs after connecting to Ray, before any actor starts; the estimates
-    go to the log and to run_dir/memory_plan.json."""
-    if not recipe.cluster.memory_check:
-        return None
-    shape = model_shape(recipe.model.path)
+def decide_hybrid_engine(recipe: Recipe, shape: ModelShape, device_gib: float) -> bool:
+    """`cluster.hybrid_engine` for colocated GPUs: as set, or (None) on only when the plan does
+    not fit without it."""
+    if recipe.cluster.hybrid_engine is not None:
+        return recipe.cluster.hybrid_engine
+    try:
+        check_memory_plan(recipe, shape, device_gib, hybrid=False)
+    except InputError:
+        return True
+    return False
+
+
+def plan_memory(recipe: Recipe, run_dir: Path | None = None) -> bool:
+    """What `rlp grpo` runs after connecting to Ray, before any actor starts: decide whether the
+    hybrid engine is on and check that the plan fits. Returns the decision.
+
+    `cluster.hybrid_engine` None (the default) turns it on for colocated GPUs only when the
+    estimates say trainer and engine do not fit on the card together: taking turns costs time
+    (the trainer's states cross PCIe twice a step), so a plan that fits without it runs without
+    it. The estimates go to the log and to run_dir/memory_plan.json.
+    """
+    c = recipe.cluster
     device_gib = probe_gpu_gib()
-    if shape is None or device_gib is None:
-        return None
+    colocated_gpus = c.colocate and device_gib is not None and not recipe.grpo.overlap_generation
+    shape = model_shape(recipe.model.path) if c.memory_check and device_gib is not None else None
+    if shape is None:  # nothing to estimate from (or asked not to): on wherever it can be
+        return c.hybrid_engine if c.hybrid_engine is not None else colocated_gpus
+    hybrid = decide_hybrid_engine(recipe, shape, device_gib) if colocated_gpus else bool(c.hybrid_engine)
     estimates = check_memory_plan(recipe, shape, device_gib, hybrid)
     summary = f"({device_gib:.1f} GiB cards, hybrid engine {'on' if hybrid else 'off'}): " + "; ".join(
         e.describe() for e in estimates)
@@ -200,7 +224,7 @@ def guard(recipe: Recipe, hybrid: bool, run_dir: Path | None = None) -> list[Est
         atomic_write_text(Path(run_dir) / "memory_plan.json", json.dumps({
             "summary": summary, "device_gib": device_gib, "params": shape.params, "hybrid_engine": hybrid,
             "estimates": [{"role": e.role, "gib": e.gib, "parts": e.parts} for e in estimates]}, indent=2))
-    return estimates
+    return hybrid
 
 
 def _max_length(recipe: Recipe) -> int:

@@ -1,19 +1,20 @@
 """GPU benchmark 7: how large a model GRPO trains on one H200, with and without the hybrid engine.
 
-    python bench/gpu/capacity.py [--configs 1.5b:static,1.5b:hybrid,7b:hybrid-offload] [--steps 3]
+    python bench/gpu/capacity.py [--configs 1.5b:static,1.5b:hybrid,7b:large] [--steps 3]
                                  [--prompts 32] [--group 8] [--max-tokens 1024]
 
-Each configuration is `python3 -m rl_pipeline.cli grpo recipes/gpu/grpo_1gpu.yaml` as a user runs it
-(`grpo_2gpu.yaml` for mode `2gpu`), with only the bench's model (Qwen2 block shapes of
-bench/gpu/common.py, random bf16 weights, Qwen2.5's 151,936-id vocabulary), prompts, reward
-(vs_trl.id_share) and batch as overrides. No stop string: a random model samples EOS almost never,
-so every completion runs to --max-tokens, the worst case for memory. Modes:
-- static: `cluster.hybrid_engine=false rollout.gpu_memory_utilization=0.35`, the split before the
-  hybrid engine (both resident);
-- hybrid: the recipe as shipped (hybrid engine; the engine takes 0.8 of the card while it generates);
-- hybrid-offload: hybrid plus `trainer.offload_optimizer=true trainer.gradient_checkpointing=true`
-  (master weights, Adam moments and the optimiser step in CPU memory);
-- 2gpu: the two-GPU recipe (trainer and engine on their own GPUs, overlapped generation).
+Each configuration is `python3 -m rl_pipeline.cli grpo RECIPE` as a user runs it, with only the
+bench's model (Qwen2 block shapes of bench/gpu/common.py, random bf16 weights, Qwen2.5's 151,936-id
+vocabulary), prompts, reward (vs_trl.id_share) and batch as overrides. No stop string: a random
+model samples EOS almost never, so every completion runs to --max-tokens, the worst case for
+memory. Modes:
+- static: recipes/gpu/grpo_1gpu.yaml with `cluster.hybrid_engine=false` (engine 0.35 of the card,
+  both resident: the split before the hybrid engine);
+- hybrid: grpo_1gpu.yaml with the hybrid engine and the engine at 0.8 of the card while it generates;
+- hybrid-ckpt: hybrid plus `trainer.gradient_checkpointing=true`;
+- large: recipes/gpu/grpo_1gpu_large.yaml as shipped (hybrid engine, engine 0.8, gradient
+  checkpointing, master weights + Adam moments + optimiser step in CPU memory);
+- 2gpu: recipes/gpu/grpo_2gpu.yaml (trainer and engine on their own GPUs, overlapped generation).
 
 Printed per configuration: steps completed (or the error's last lines), s/step and trained tokens/s
 per GPU (mean of steps after the first), the switches (wake + sleep + offload + onload seconds)
@@ -39,12 +40,15 @@ import common  # noqa: E402
 from scaling import GpuMemoryMonitor  # noqa: E402
 from vs_trl import write_prompts  # noqa: E402
 
-RECIPES = {1: "recipes/gpu/grpo_1gpu.yaml", 2: "recipes/gpu/grpo_2gpu.yaml"}
+ONE_GPU, TWO_GPUS, LARGE = "recipes/gpu/grpo_1gpu.yaml", "recipes/gpu/grpo_2gpu.yaml", "recipes/gpu/grpo_1gpu_large.yaml"
+# mode -> (recipe, overrides)
 MODES = {
-    "static": {"cluster.hybrid_engine": "false", "rollout.gpu_memory_utilization": 0.35},
-    "hybrid": {},
-    "hybrid-offload": {"trainer.offload_optimizer": "true", "trainer.gradient_checkpointing": "true"},
-    "2gpu": {},
+    "static": (ONE_GPU, {"cluster.hybrid_engine": "false"}),
+    "hybrid": (ONE_GPU, {"cluster.hybrid_engine": "true", "rollout.gpu_memory_utilization": 0.8}),
+    "hybrid-ckpt": (ONE_GPU, {"cluster.hybrid_engine": "true", "rollout.gpu_memory_utilization": 0.8,
+                              "trainer.gradient_checkpointing": "true"}),
+    "large": (LARGE, {}),
+    "2gpu": (TWO_GPUS, {}),
 }
 
 
@@ -55,9 +59,9 @@ def command(args, model_dir: Path, data: Path, run_dir: Path, mode: str) -> list
         "grpo.steps": args.steps, "grpo.prompts_per_step": args.prompts, "grpo.group_size": args.group,
         "grpo.drop_flat_groups": "false", "grpo.save_every": "null", "grpo.prompt_template": json.dumps("{prompt}"),
         "rewards.functions": json.dumps([{"name": f"{Path(__file__).resolve().parent / 'vs_trl.py'}:id_share"}]),
-        "tracking.tensorboard": "false", **MODES[mode],
+        "tracking.tensorboard": "false", **MODES[mode][1],
     }
-    recipe = RECIPES[2 if mode == "2gpu" else 1]
+    recipe = MODES[mode][0]
     return [sys.executable, "-m", "rl_pipeline.cli", "grpo", recipe, *(f"{k}={v}" for k, v in overrides.items()),
             "--run-dir", str(run_dir)]
 
@@ -128,7 +132,9 @@ def report(results: list[dict], card_gib: float) -> None:
     print("\nmemory plan estimates (GiB) against the measured peaks:")
     for r in results:
         print(f"  {r['model']} {r['mode']}: {r['plan'] or 'no estimate logged'}")
-        trainer_peak = r.get("memory", {}).get("trainer_peak_gib/train") or r["roles"].get("trainer")
+        # The train phase's peak (torch's reserved memory, reset when the trainer gets the card):
+        # nvidia-smi's per-process peak also holds the start-up transient of float32 weights.
+        trainer_peak = r.get("memory", {}).get("trainer_peak_gib/train")
         if trainer_peak and "trainer rank ~" in r["plan"]:
             estimate = float(r["plan"].split("trainer rank ~", 1)[1].split(" GiB", 1)[0])
             print(f"    trainer estimate / measured peak: {estimate:.1f} / {trainer_peak:.1f} = "
@@ -137,7 +143,7 @@ def report(results: list[dict], card_gib: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="1.5b:static,1.5b:hybrid,3b:hybrid,7b:hybrid-offload",
+    parser.add_argument("--configs", default="1.5b:static,1.5b:hybrid,3b:static,7b:large",
                         help="model:mode pairs, comma-separated (modes: " + ", ".join(MODES) + ")")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=32)
@@ -158,7 +164,7 @@ def main() -> None:
         try:
             results.append(run_config(args, model, mode, data))
         except subprocess.TimeoutExpired:
-            subprocess.call(["ray", "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.call([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             results.append({"model": model, "params": 0, "mode": mode, "gpus": 1, "steps": 0, "roles": {}, "plan": "",
                             "error": f"over --timeout {args.timeout} s"})
     report(results, torch.cuda.get_device_properties(0).total_memory / 2**30)

@@ -25,7 +25,7 @@ from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
 from rl_pipeline.pipelines.evaluate import evaluate
 from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, check_grpo_inputs
-from rl_pipeline.pipelines.hybrid_engine import HybridEngine, check_hybrid_engine, hybrid_engine_on
+from rl_pipeline.pipelines.hybrid_engine import HybridEngine, check_hybrid_engine
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.tracking import Tracker
 
@@ -92,12 +92,9 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     from rl_pipeline.workers.rollout import RolloutGroup
     from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
 
-    import ray
+    from rl_pipeline.memory_plan import plan_memory
 
-    from rl_pipeline.memory_plan import guard
-
-    hybrid_on = hybrid_engine_on(recipe, has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
-    guard(recipe, hybrid_on, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
+    hybrid_on = plan_memory(recipe, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
     plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts
     started = []
     try:

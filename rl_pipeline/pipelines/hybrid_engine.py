@@ -154,11 +154,3 @@ def check_hybrid_engine(recipe) -> None:
     if recipe.cluster.hybrid_engine and recipe.grpo.overlap_generation:
         raise RecipeError("cluster.hybrid_engine: true cannot run with grpo.overlap_generation: true (the engines "
                           "sleep while the trainer trains, so nothing generates ahead); turn one off")
-
-
-def hybrid_engine_on(recipe, has_gpus: bool) -> bool:
-    """`cluster.hybrid_engine`, resolved: None = on for colocated GPUs without overlapped generation."""
-    c = recipe.cluster
-    if c.hybrid_engine is not None:
-        return c.hybrid_engine
-    return c.colocate and has_gpus and not recipe.grpo.overlap_generation

@@ -66,3 +66,33 @@ def test_the_1_5b_colocated_plans_that_ran_before_the_hybrid_engine_still_pass()
     trainer, engine = check_memory_plan(recipe(rollout={"gpu_memory_utilization": 0.35}), QWEN25_1_5B, H200_GIB,
                                         hybrid=False)
     assert trainer.gib + engine.gib < H200_GIB
+
+
+# Trainer peaks measured by bench/gpu/capacity.py on one H200 (BENCHMARKS.md section 8): torch's
+# reserved memory while training, random Qwen2 of these shapes with vocabulary 151,936,
+# trainer.max_tokens_per_micro_batch 16384. (shape, recipe overrides, measured GiB)
+BENCH_1_5B = ModelShape(layers=28, hidden=1536, intermediate=8960, heads=12, kv_heads=2, head_dim=128,
+                        vocab=151936, tied=True)
+BENCH_7B = ModelShape(layers=28, hidden=3584, intermediate=18944, heads=28, kv_heads=4, head_dim=128,
+                      vocab=151936, tied=False)
+MEASURED_TRAINER_PEAKS = [
+    (BENCH_1_5B, {}, 79.3),  # 1.5b hybrid, steps 2-3
+    (BENCH_1_5B, {}, 106.3),  # 1.5b hybrid, step 1 (the allocator's first, looser packing)
+    (BENCH_7B, {"offload_optimizer": True, "gradient_checkpointing": True}, 31.3),  # 7b, grpo_1gpu_large
+]
+
+
+@pytest.mark.parametrize("shape, trainer, measured", MEASURED_TRAINER_PEAKS)
+def test_trainer_estimate_is_within_a_quarter_of_the_measured_peak(shape, trainer, measured):
+    estimate = trainer_estimate(shape, recipe(trainer=trainer)).gib
+    assert 0.75 <= estimate / measured <= 1.25, (estimate, measured)
+
+
+def test_the_hybrid_engine_turns_itself_on_only_when_the_roles_do_not_fit_together():
+    from rl_pipeline.memory_plan import decide_hybrid_engine
+
+    small = recipe(rollout={"gpu_memory_utilization": 0.35})
+    assert decide_hybrid_engine(small, BENCH_1_5B, H200_GIB) is False  # fits resident: no switching cost
+    assert decide_hybrid_engine(recipe(), BENCH_1_5B, H200_GIB) is True  # engine at 0.8: they must take turns
+    forced = recipe(cluster={"hybrid_engine": False})
+    assert decide_hybrid_engine(forced, BENCH_1_5B, H200_GIB) is False  # as set
