@@ -6,6 +6,10 @@ answer, for SFT on the prompt/completion format) and `reasoning` (an R1-style wo
 "<think>7+5=12 0+4+1=5</think>52", digit by digit with carries, for training the demo's
 expert; only written for additions). Problems are drawn without replacement from
 the whole problem space, so the train/eval/test splits never share a problem.
+
+`wrong_answer` / `write_preference_pairs` turn problems into reward-model pairs: the right answer
+(chosen) against a plausible mistake (rejected): a dropped or extra carry, one digit off, a
+neighbouring number.
 """
 
 from __future__ import annotations
@@ -72,3 +76,36 @@ def write_task(
         paths[name] = path
         start += size
     return paths
+
+
+def wrong_answer(answer: int, rng: random.Random) -> int:
+    """A plausible wrong answer to a sum: a carry error (+-10), one digit off by one, or +-1..3;
+    never the answer itself and never negative."""
+    digits = str(answer)
+    while True:
+        kind = rng.randrange(3)
+        if kind == 0:
+            wrong = answer + rng.choice((-10, 10))
+        elif kind == 1:
+            i = rng.randrange(len(digits))
+            wrong = int(digits[:i] + str((int(digits[i]) + rng.choice((1, 9))) % 10) + digits[i + 1:])
+        else:
+            wrong = answer + rng.choice((-3, -2, -1, 1, 2, 3))
+        if wrong != answer and wrong >= 0:
+            return wrong
+
+
+def write_preference_pairs(task_file: str | Path, out_file: str | Path, seed: int = 0) -> Path:
+    """One (prompt, chosen, rejected) row per problem of a task jsonl: chosen = the right answer,
+    rejected = `wrong_answer`; `margin` = 1.0 (correct minus wrong, in reward units)."""
+    rng = random.Random(seed)
+    out = Path(out_file)
+    tmp = out.with_suffix(".jsonl.tmp")
+    with Path(task_file).open() as src, tmp.open("w") as dst:
+        for line in src:
+            row = json.loads(line)
+            wrong = wrong_answer(int(row["ground_truth"]), rng)
+            dst.write(json.dumps({"id": row["id"], "prompt": row["prompt"], "chosen": row["ground_truth"],
+                                  "rejected": str(wrong), "margin": 1.0}) + "\n")
+    tmp.rename(out)
+    return out

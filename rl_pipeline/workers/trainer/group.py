@@ -60,6 +60,20 @@ class TrainerGroup:
         metrics["policy/lr"] = per_rank[0]["lr"]
         return metrics
 
+    def rm_step(self, shards: list[list[list[dict]]], global_pairs: int, margin_scale: float = 0.0,
+                center_coef: float = 0.0) -> dict:
+        """One reward-model optimiser step; shards[r] are rank r's micro-batches of pairs.
+        Returns global metrics: loss, pairwise accuracy, mean margin and mean reward."""
+        results = self.group.call_each("rm_step", [(s, global_pairs, margin_scale, center_coef) for s in shards])
+        return {**_pair_metrics(results), "loss": sum(r["loss_share"] for r in results),
+                "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"], "tokens": sum(r["tokens"] for r in results)}
+
+    def rm_eval(self, shards: list[list[list[dict]]]) -> dict:
+        """Held-out pair metrics over every rank's share: loss (Bradley-Terry), accuracy, margin."""
+        results = self.group.call_each("rm_eval", [(s,) for s in shards])
+        pairs = max(sum(r["pairs"] for r in results), 1)
+        return {**_pair_metrics(results), "loss": sum(r["loss_sum"] for r in results) / pairs}
+
     def export_weights(self):
         """ObjectRef of the full weights (torch.save bytes) from rank 0; the driver never
         fetches it, engines do. Waits until every rank took part (ZeRO-3 gathers)."""
@@ -103,3 +117,11 @@ class TrainerGroup:
         self.group.shutdown()
 
 
+
+
+def _pair_metrics(results: list[dict]) -> dict[str, float]:
+    """Means over all ranks' pairs of the sums algorithms.rm.pair_counts returns."""
+    pairs = max(sum(r["pairs"] for r in results), 1)
+    return {"accuracy": sum(r["correct"] for r in results) / pairs,
+            "margin": sum(r["margin_sum"] for r in results) / pairs,
+            "reward_mean": sum(r["reward_sum"] for r in results) / pairs}
