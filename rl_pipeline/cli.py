@@ -124,14 +124,19 @@ def make_task_cmd(
     digits: int = typer.Option(2, help="digits per operand"),
     ops: str = typer.Option("+", help="operations to draw from, e.g. '+-'"),
     seed: int = typer.Option(0, help="sampling seed"),
+    pairs: bool = typer.Option(False, "--pairs", help="also write SPLIT_pairs.jsonl: reward-model pairs of the right "
+                               "answer (chosen) vs a plausible mistake (rejected), for `rlp rm`"),
 ) -> None:
     """Write the synthetic arithmetic task (disjoint splits) as jsonl datasets."""
-    from rl_pipeline.data.synthetic import write_task
+    from rl_pipeline.data.synthetic import write_preference_pairs, write_task
 
     try:
         paths = write_task(out_dir, {"train": train, "eval": eval_size, "test": test}, digits, ops, seed)
     except ValueError as exc:
         _fail(str(exc))
+    if pairs:
+        for name, path in list(paths.items()):
+            paths[f"{name} pairs"] = write_preference_pairs(path, path.with_name(f"{name}_pairs.jsonl"), seed)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
 
