@@ -173,3 +173,26 @@ def test_conversation_pairs_put_the_prompt_messages_first(rm_yaml, tiny_model_di
     tokenizer = load_tokenizer(str(tiny_model_dir))
     assert tokenizer.decode(inputs.train[0]["chosen"]) == "<|user|>1+1=<|end|><|assistant|>2<|end|>"
     assert inputs.train[0]["margin"] == 0.5
+
+
+def test_pipeline_accepts_an_rm_stage_and_seeds_it(tmp_path):
+    import yaml
+
+    from rl_pipeline.pipelines.pipeline import load_plan
+
+    stage = {"name": "judge", "kind": "rm", "recipe": {"model": {"path": "{run_dir}/sft/final_model"},
+                                                       "data": {"train": {"path": "pairs.jsonl"}}, "rm": {}}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"stages": [stage]}))
+    plan = load_plan(path, tmp_path / "run", seed=7)
+    assert plan.stages[0].kind == "rm" and plan.stages[0].recipe.rm.seed == 7
+    assert plan.stages[0].recipe.model.path == f"{tmp_path / 'run'}/sft/final_model"
+
+
+def test_rm_help_names_the_sections():
+    from typer.testing import CliRunner
+
+    from rl_pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["rm", "--help"])
+    assert result.exit_code == 0 and "rm sections" in " ".join(result.output.split())
