@@ -196,3 +196,17 @@ def test_rm_help_names_the_sections():
 
     result = CliRunner().invoke(app, ["rm", "--help"])
     assert result.exit_code == 0 and "rm sections" in " ".join(result.output.split())
+
+
+def test_synthetic_pairs_put_the_right_sum_against_a_different_one(tmp_path):
+    import random
+
+    from rl_pipeline.data.synthetic import wrong_answer, write_preference_pairs, write_task
+
+    rng = random.Random(0)
+    assert all(wrong_answer(a, rng) not in (a,) and wrong_answer(a, rng) >= 0 for a in range(0, 199) for _ in range(5))
+    paths = write_task(tmp_path, {"train": 50})
+    rows = [json.loads(line) for line in open(write_preference_pairs(paths["train"], tmp_path / "pairs.jsonl"))]
+    task = [json.loads(line) for line in open(paths["train"])]
+    assert [r["prompt"] for r in rows] == [t["prompt"] for t in task]
+    assert all(r["chosen"] == t["ground_truth"] != r["rejected"] for r, t in zip(rows, task))
