@@ -333,6 +333,11 @@ class RMConfig(Section):
     seed: int = 0
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
+    input_format: Literal["auto", "chat", "pair"] = Field(
+        "auto", description="how string pairs are rendered, as the reward_model reward's input_format (give it the "
+        "same): chat = the chat template's user + assistant turns, pair = tokenizer(prompt, completion), auto = "
+        "chat when the tokenizer has a template",
+    )
     margin_column: str | None = Field(
         None, description="per-pair margin m (e.g. the reward gap of generated pairs): loss -log sigmoid(r_c - r_r - "
         "margin_scale * m), as Llama 2's reward model; None = no margin term",

@@ -2,9 +2,10 @@
 
 Two row shapes (column names from the recipe):
 - strings: `prompt` + `chosen` + `rejected`; each side is rendered exactly as the `reward_model`
-  reward (rewards/model_based.py) renders a (prompt, completion) pair when it scores: the
-  tokenizer's chat template over a user turn and an assistant turn when it has one, else
-  sentence-pair encoding. So a trained model is scored at RL time on the inputs it learned from.
+  reward (rewards/model_based.py) renders a (prompt, completion) pair when it scores with the
+  same `input_format` (rm.input_format): the tokenizer's chat template over a user turn and an
+  assistant turn (chat), or sentence-pair encoding (pair); auto = chat when the tokenizer has a
+  template. So a trained model is scored at RL time on the inputs it learned from.
 - conversations (TRL's convention): `chosen` and `rejected` are lists of {role, content}; a
   `prompt` list of messages, when the row has one, goes before both.
 
@@ -29,9 +30,11 @@ class PreferencePair:
     margin: float = 0.0
 
 
-def encode_scored_text(tokenizer, prompt: str, completion: str) -> list[int]:
-    """Token ids of (prompt, completion) as the `reward_model` reward feeds them to the model."""
-    if getattr(tokenizer, "chat_template", None) is not None:
+def encode_scored_text(tokenizer, prompt: str, completion: str, input_format: str = "auto") -> list[int]:
+    """Token ids of (prompt, completion) as the `reward_model` reward with the same
+    `input_format` feeds them to the model."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if input_format == "chat" or (input_format == "auto" and has_template):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -42,7 +45,7 @@ def _is_messages(value) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
-def _encode_side(tokenizer, row: dict, side: str, spec: DatasetConfig, where: str) -> list[int]:
+def _encode_side(tokenizer, row: dict, side: str, spec: DatasetConfig, input_format: str, where: str) -> list[int]:
     value = row[side]
     prompt = row.get(spec.prompt_column)
     if _is_messages(value):
@@ -53,7 +56,7 @@ def _encode_side(tokenizer, row: dict, side: str, spec: DatasetConfig, where: st
         if not isinstance(prompt, str):
             raise DataError(f"{where}: '{side}' is text, so column '{spec.prompt_column}' (prompt_column) must be "
                             f"text too; got {type(prompt).__name__}")
-        return encode_scored_text(tokenizer, prompt, value)
+        return encode_scored_text(tokenizer, prompt, value, input_format)
     raise DataError(f"{where}: '{side}' must be text or a list of {{role, content}} messages; "
                     f"got {type(value).__name__}")
 
@@ -71,8 +74,8 @@ def load_pairs(tokenizer, spec: DatasetConfig, rm: RMConfig, max_length: int, ke
     pairs, too_long = [], []
     for index, row in enumerate(rows):
         where = f"{key}: {spec.path} row {index}"
-        chosen = _encode_side(tokenizer, row, rm.chosen_column, spec, where)
-        rejected = _encode_side(tokenizer, row, rm.rejected_column, spec, where)
+        chosen = _encode_side(tokenizer, row, rm.chosen_column, spec, rm.input_format, where)
+        rejected = _encode_side(tokenizer, row, rm.rejected_column, spec, rm.input_format, where)
         if chosen == rejected:
             raise DataError(f"{where}: '{rm.chosen_column}' and '{rm.rejected_column}' are identical; "
                             "a pair must differ")

@@ -210,3 +210,13 @@ def test_synthetic_pairs_put_the_right_sum_against_a_different_one(tmp_path):
     task = [json.loads(line) for line in open(paths["train"])]
     assert [r["prompt"] for r in rows] == [t["prompt"] for t in task]
     assert all(r["chosen"] == t["ground_truth"] != r["rejected"] for r, t in zip(rows, task))
+
+
+def test_pair_input_format_renders_prompt_and_completion_as_plain_text(rm_yaml, tiny_model_dir):
+    from rl_pipeline.config import load_recipe
+    from rl_pipeline.models.loading import load_tokenizer
+    from rl_pipeline.pipelines.rm import check_rm_inputs
+
+    inputs = check_rm_inputs(load_recipe(rm_yaml([GOOD], rm__input_format="pair")))
+    # rewards/model_based.py with input_format pair: tokenizer(prompt, completion), here the plain concatenation
+    assert load_tokenizer(str(tiny_model_dir)).decode(inputs.train[0]["chosen"]) == "1+1=2"
