@@ -9,7 +9,7 @@ the whole problem space, so the train/eval/test splits never share a problem.
 
 `wrong_answer` / `write_preference_pairs` turn problems into reward-model pairs: the right answer
 (chosen) against a plausible mistake (rejected): a dropped or extra carry, one digit off, a
-neighbouring number.
+neighbouring number, a digit too many or too few.
 """
 
 from __future__ import annotations
@@ -78,20 +78,25 @@ def write_task(
     return paths
 
 
-def wrong_answer(answer: int, rng: random.Random) -> int:
-    """A plausible wrong answer to a sum: a carry error (+-10), one digit off by one, or +-1..3;
-    never the answer itself and never negative."""
+def wrong_answer(answer: int, rng: random.Random) -> str:
+    """A plausible wrong answer to a sum: a carry error (+-10), one digit off by one, +-1..3, or a
+    length error (a digit too many or too few, the mistakes of a policy that does not stop in time);
+    never the answer itself."""
     digits = str(answer)
     while True:
-        kind = rng.randrange(3)
+        kind = rng.randrange(5)
         if kind == 0:
-            wrong = answer + rng.choice((-10, 10))
+            wrong = str(answer + rng.choice((-10, 10)))
         elif kind == 1:
             i = rng.randrange(len(digits))
-            wrong = int(digits[:i] + str((int(digits[i]) + rng.choice((1, 9))) % 10) + digits[i + 1:])
+            wrong = digits[:i] + str((int(digits[i]) + rng.choice((1, 9))) % 10) + digits[i + 1:]
+        elif kind == 2:
+            wrong = str(answer + rng.choice((-3, -2, -1, 1, 2, 3)))
+        elif kind == 3:
+            wrong = digits + str(rng.randrange(10))
         else:
-            wrong = answer + rng.choice((-3, -2, -1, 1, 2, 3))
-        if wrong != answer and wrong >= 0:
+            wrong = digits[:-1]
+        if wrong and wrong != digits and not wrong.startswith("-"):
             return wrong
 
 
@@ -106,6 +111,6 @@ def write_preference_pairs(task_file: str | Path, out_file: str | Path, seed: in
             row = json.loads(line)
             wrong = wrong_answer(int(row["ground_truth"]), rng)
             dst.write(json.dumps({"id": row["id"], "prompt": row["prompt"], "chosen": row["ground_truth"],
-                                  "rejected": str(wrong), "margin": 1.0}) + "\n")
+                                  "rejected": wrong, "margin": 1.0}) + "\n")
     tmp.rename(out)
     return out

@@ -204,7 +204,9 @@ def test_synthetic_pairs_put_the_right_sum_against_a_different_one(tmp_path):
     from rl_pipeline.data.synthetic import wrong_answer, write_preference_pairs, write_task
 
     rng = random.Random(0)
-    assert all(wrong_answer(a, rng) not in (a,) and wrong_answer(a, rng) >= 0 for a in range(0, 199) for _ in range(5))
+    wrong = [(str(a), wrong_answer(a, rng)) for a in range(0, 199) for _ in range(5)]
+    assert all(w != a and w.isdigit() for a, w in wrong)
+    assert {len(w) - len(a) for a, w in wrong} >= {-1, 0, 1}  # length mistakes too
     paths = write_task(tmp_path, {"train": 50})
     rows = [json.loads(line) for line in open(write_preference_pairs(paths["train"], tmp_path / "pairs.jsonl"))]
     task = [json.loads(line) for line in open(paths["train"])]
