@@ -79,7 +79,7 @@ def run(args, work: Path) -> None:
     seconds["rm"] = time.perf_counter() - t
     print(f"RM: held-out pairwise accuracy {rm.final_eval['eval/rm/accuracy']:.3f}, margin "
           f"{rm.final_eval['eval/rm/margin']:.2f} after {args.rm_steps} steps ({seconds['rm']:.0f} s)", flush=True)
-    rm_model = f"{{name: reward_model, weight: 1.0, kwargs: {{model: {rm.final_model}, batch_size: 256}}}}"
+    rm_model = f"{{name: reward_model, weight: 1.0, kwargs: {{model: {rm.final_model}, input_format: pair, batch_size: 256}}}}"
     runs = {"reward model only": [f"rewards.functions=[{rm_model}, "
                                   "{name: math, weight: 0.0, kwargs: {answer_after: null}}]"]}
     if args.control:
