@@ -245,6 +245,10 @@ class PreferencePairsConfig(Section):
     keep/threshold/top_k policy of SFT rows is not used."""
 
     min_reward_gap: float = Field(0.5, gt=0, description="best minus worst total reward needed for a pair")
+    prompt_template: str | None = Field(
+        None, description="format string with {prompt}: what the sampling model is shown (as grpo.prompt_template "
+        "for the policy the RM will judge); None = the chat template",
+    )
 
 
 class DistillConfig(Section):

@@ -172,7 +172,8 @@ def check_distill_inputs(recipe: Recipe, output: str | Path | None = None) -> Di
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(f"distill.expert: the tokenizer of '{d.expert}' has no chat template; the dataset is "
                          "chat `messages`, so the expert must be a chat model")
-    prompts = load_prompts(spec, tokenizer, "data.train", max_prompt, need_ground_truth=d.require_ground_truth)
+    template = d.pairs.prompt_template if d.pairs is not None else None
+    prompts = load_prompts(spec, tokenizer, "data.train", max_prompt, template, need_ground_truth=d.require_ground_truth)
     if d.id_column is not None and d.id_column not in prompts[0].columns:
         columns = [spec.prompt_column, *prompts[0].columns]
         raise DataError(f"data.train: column '{d.id_column}' (distill.id_column) not found in {spec.path}; "

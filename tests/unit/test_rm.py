@@ -222,3 +222,22 @@ def test_pair_input_format_renders_prompt_and_completion_as_plain_text(rm_yaml, 
     inputs = check_rm_inputs(load_recipe(rm_yaml([GOOD], rm__input_format="pair")))
     # rewards/model_based.py with input_format pair: tokenizer(prompt, completion), here the plain concatenation
     assert load_tokenizer(str(tiny_model_dir)).decode(inputs.train[0]["chosen"]) == "1+1=2"
+
+
+def test_pairs_prompt_template_is_what_the_sampling_model_sees(tiny_model_dir, tmp_path):
+    from rl_pipeline.models.loading import load_tokenizer
+    from rl_pipeline.pipelines.distill import check_distill_inputs
+
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "1+1=", "ground_truth": "2"}) + "\n")
+
+    def prompt_ids(template):
+        recipe = parse_recipe({"model": {"path": str(tiny_model_dir)}, "output_dir": str(tmp_path),
+                               "data": {"train": {"path": str(tmp_path / "p.jsonl")}, "max_length": 32},
+                               "rollout": {"max_tokens": 8}, "rewards": {"functions": [{"name": "math"}]},
+                               "distill": {"expert": str(tiny_model_dir), "kinds": ["original"],
+                                           "pairs": {"prompt_template": template}}})
+        return check_distill_inputs(recipe).problems[0].prompt_ids["original"]
+
+    decode = load_tokenizer(str(tiny_model_dir)).decode
+    assert decode(prompt_ids("{prompt}")) == "1+1="  # as grpo.prompt_template "{prompt}" shows the policy
+    assert decode(prompt_ids(None)) == "<|user|>1+1=<|end|><|assistant|>"
