@@ -108,6 +108,8 @@ def test_rm_ranks_held_out_pairs_and_the_reward_model_reward_loads_it(ray_local,
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert all(field in rows[-1] for field in STEP_FIELDS + EVAL_FIELDS), rows[-1]
     curve = [(r["step"], round(r["eval/rm/accuracy"], 3)) for r in rows if "eval/rm/accuracy" in r]
+    print(f"pairs: {sum(1 for f in pairs['train'].glob('*.jsonl') for _ in open(f))} train, "
+          f"{sum(1 for f in pairs['test'].glob('*.jsonl') for _ in open(f))} held out; accuracy by step: {curve}")
     assert result.final_eval["eval/rm/accuracy"] >= 0.9, f"held-out pairwise accuracy by step: {curve}"
 
     scorer = RewardModel(str(result.final_model), batch_size=64, input_format="pair")
