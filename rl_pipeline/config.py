@@ -1,7 +1,7 @@
 """The recipe schema: typed pydantic sections, YAML loading and `a.b.c=value` overrides.
 
 A recipe is one YAML file with sections (model, data, trainer, sft, grpo, rollout, rewards,
-distill, tools, cluster, tracking, checkpoint). Every section is strict: an unknown key, a wrong type
+distill, rm, tools, cluster, tracking, checkpoint). Every section is strict: an unknown key, a wrong type
 or a missing required field raises `RecipeError` naming the file and the dotted key path,
 before any actor starts. Required things (the model path, the training data) have no default.
 """
@@ -325,7 +325,7 @@ class RMConfig(Section):
     data.train (held-out pairs from data.eval), a scalar head on the model of model.path.
 
     Rows are either `prompt` (data.train.prompt_column) + `chosen` + `rejected` strings, rendered
-    as a user/assistant chat the way the `reward_model` reward scores them, or TRL-style
+    the way the `reward_model` reward with the same input_format scores them, or TRL-style
     conversations: `chosen` and `rejected` are lists of {role, content} (a `prompt` list of
     messages, when present, goes before both)."""
 
