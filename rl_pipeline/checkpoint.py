@@ -43,6 +43,7 @@ RESUME_MUST_MATCH = (
     "trainer.grad_accum_steps",
     "trainer.precision",
     "sft.seed",
+    "rm.seed",
     "grpo.seed",
     "grpo.prompts_per_step",
     "grpo.group_size",

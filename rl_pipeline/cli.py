@@ -125,14 +125,19 @@ def make_task_cmd(
     digits: int = typer.Option(2, help="digits per operand"),
     ops: str = typer.Option("+", help="operations to draw from, e.g. '+-'"),
     seed: int = typer.Option(0, help="sampling seed"),
+    pairs: bool = typer.Option(False, "--pairs", help="also write SPLIT_pairs.jsonl: reward-model pairs of the right "
+                               "answer (chosen) vs a plausible mistake (rejected), for `rlp rm`"),
 ) -> None:
     """Write the synthetic arithmetic task (disjoint splits) as jsonl datasets."""
-    from rl_pipeline.data.synthetic import write_task
+    from rl_pipeline.data.synthetic import write_preference_pairs, write_task
 
     try:
         paths = write_task(out_dir, {"train": train, "eval": eval_size, "test": test}, digits, ops, seed)
     except ValueError as exc:
         _fail(str(exc))
+    if pairs:
+        for name, path in list(paths.items()):
+            paths[f"{name} pairs"] = write_preference_pairs(path, path.with_name(f"{name}_pairs.jsonl"), seed)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
 
@@ -178,6 +183,23 @@ def grpo_cmd(
     typer.echo(f"final model: {result.final_model}")
 
 
+@app.command("rm")
+def rm_cmd(
+    recipe: Path = typer.Argument(..., help="recipe YAML with model, data (preference pairs), trainer and rm sections"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir from its checkpoint"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name-TIME)"),
+) -> None:
+    """Reward model: Bradley-Terry on (prompt, chosen, rejected) pairs, a scalar head on model.path
+    (e.g. an SFT checkpoint); writes a sequence-classification model the reward_model reward loads."""
+    from rl_pipeline.pipelines.rm import train_rm
+
+    result = _train(train_rm, recipe, overrides, run_dir, resume)
+    for key, value in result.final_eval.items():
+        typer.echo(f"{key}: {value:.4f}")
+    typer.echo(f"final model: {result.final_model}")
+
+
 @app.command("eval")
 def eval_cmd(
     recipe: Path = typer.Argument(..., help="recipe YAML with model, data.eval, rollout, rewards and grpo sections"),
@@ -204,7 +226,8 @@ def distill_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="delete a previous output made by another recipe"),
 ) -> None:
     """R1-style distillation data: the expert answers each problem with and without the system
-    prompt, rewards filter the answers, the kept ones become an SFT dataset. A re-run resumes."""
+    prompt, rewards filter the answers, the kept ones become an SFT dataset. With distill.pairs:
+    best vs worst answer by reward per problem, preference pairs for `rlp rm`. A re-run resumes."""
     from rl_pipeline.config import InputError
     from rl_pipeline.pipelines.distill import run_distill
 
@@ -219,8 +242,9 @@ def distill_cmd(
                    f"(acceptance {k['acceptance_rate']:.3f}, {k['problems_with_accepted']} problems)")
     if result.empty_reason:
         typer.echo(f"empty dataset: {result.empty_reason}")
+    trainer = "rlp rm" if recipe_obj.distill.pairs else "rlp sft"
     typer.echo(f"dataset: {result.output} ({result.rows} rows; stats.json, README.md; "
-               f"train with data.train.path={result.output / 'data'})")
+               f"train with {trainer} data.train.path={result.output / 'data'})")
 
 
 SEED_HELP = ("training seed of every stage and of the tiny model's initialisation (the task data stays the same); "

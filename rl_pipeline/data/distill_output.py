@@ -6,6 +6,7 @@ Layout of `distill.output`:
     .distill/recipe.yaml       what made the folder (a resumed run must match it)
     .distill/shard-00000.done  JSON counts of shard 0, written after its data file: shard 0 is done
     stats.json                 the sums over every shard (written at the end)
+    (rows are SFT chats, or preference pairs with distill.pairs: pair_features/pair_row)
     README.md                  dataset card
 
 `datasets.load_dataset(folder)` finds the `train` split by the file names (`data/train-*`), so
@@ -49,18 +50,40 @@ def row_features(components: Iterable[str]):
     })
 
 
+def pair_features():
+    """Schema of preference-pair rows (distill.pairs), what `rlp rm` reads with its default columns."""
+    from datasets import Features, Value
+
+    return Features({
+        "prompt": Value("string"), "chosen": Value("string"), "rejected": Value("string"),
+        "margin": Value("float64"), "chosen_reward": Value("float64"), "rejected_reward": Value("float64"),
+        "problem_id": Value("string"), "chosen_sample": Value("int64"), "rejected_sample": Value("int64"),
+        "model": Value("string"),
+    })
+
+
+def pair_row(problem_id: str, prompt: str, chosen, rejected, model: str) -> dict[str, Any]:
+    """One preference row from two curated samples (distill.Sample): margin = their reward gap."""
+    return {"prompt": prompt, "chosen": chosen.content, "rejected": rejected.content,
+            "margin": chosen.reward - rejected.reward, "chosen_reward": chosen.reward,
+            "rejected_reward": rejected.reward, "problem_id": problem_id, "chosen_sample": chosen.index,
+            "rejected_sample": rejected.index, "model": model}
+
+
 class ShardStore:
     """One output folder; `open` checks that an existing folder was made by the same recipe."""
 
-    def __init__(self, root: Path, fmt: str, components: list[str]) -> None:
+    def __init__(self, root: Path, fmt: str, components: list[str], pairs: bool = False) -> None:
         self.root, self.fmt, self.components = root, fmt, components
+        self.features = pair_features() if pairs else row_features(components)
         self.data_dir, self.state_dir = root / DATA_DIR, root / STATE_DIR
 
     @classmethod
     def open(cls, root: str | Path, fmt: str, components: list[str], fingerprint: str,
-             overwrite: bool = False) -> "ShardStore":
-        """Create the folder, or resume one whose recipe fingerprint matches; never mix recipes."""
-        store = cls(Path(root), fmt, components)
+             overwrite: bool = False, pairs: bool = False) -> "ShardStore":
+        """Create the folder, or resume one whose recipe fingerprint matches; never mix recipes.
+        `pairs`: the rows are preference pairs (pair_row), not SFT chats."""
+        store = cls(Path(root), fmt, components, pairs)
         marker = store.state_dir / "recipe.yaml"
         if store.root.exists() and overwrite:
             if not marker.exists() and any(store.root.iterdir()):
@@ -113,7 +136,7 @@ class ShardStore:
         import datasets
 
         datasets.disable_progress_bars()  # one bar per shard file would drown the run's own progress
-        dataset = datasets.Dataset.from_list(rows, features=row_features(self.components))
+        dataset = datasets.Dataset.from_list(rows, features=self.features)
         if self.fmt == "parquet":
             dataset.to_parquet(str(path))
         else:
@@ -170,6 +193,38 @@ def dataset_card(stats: dict[str, Any], fmt: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def preference_card(stats: dict[str, Any]) -> str:
+    """README of a preference-pair folder: how pairs were sampled and chosen, how to train on them."""
+    d, k = stats["config"], stats["kinds"]["original"]
+    return "\n".join([
+        "---",
+        "tags: [rlp-distill, preference-pairs, reward-model]",
+        "---",
+        f"# Preference pairs from {stats['expert']}",
+        "",
+        f"{stats['rows']} pairs from {stats['problems']} problems of `{stats['source']}`, written by `rlp distill` "
+        "with `distill.pairs`.",
+        "",
+        f"Per problem the model sampled {d['samples_per_prompt']} answers (temperature "
+        f"{stats['sampling']['temperature']}, top_p {stats['sampling']['top_p']}, at most "
+        f"{stats['sampling']['max_tokens']} tokens); the rewards ({', '.join(stats['reward_components'])}) ranked "
+        f"them, and the best and the worst became one row when their total rewards differ by at least "
+        f"{d['pairs']['min_reward_gap']}" + (" (truncated answers left out)" if d["drop_truncated"] else "") + ".",
+        "",
+        "| problems | samples | pairs | problems without a pair | mean reward (all samples) | mean reward (chosen) |",
+        "|---|---|---|---|---|---|",
+        f"| {stats['problems']} | {k['generated']} | {k['accepted']} | {stats['problems'] - k['accepted']} | "
+        f"{_fmt(k['reward_mean_generated'])} | {_fmt(k['reward_mean_accepted'])} |",
+        "",
+        "Columns: `prompt`, `chosen`, `rejected`, `margin` (chosen_reward - rejected_reward), `chosen_reward`,",
+        "`rejected_reward`, `problem_id`, `chosen_sample`, `rejected_sample`, `model`. Counts are in `stats.json`.",
+        "",
+        f"Train a reward model on it: `rlp rm RECIPE data.train.path=<this folder>/{DATA_DIR}` "
+        "(add `rm.margin_column=margin` for the margin term).",
+        "",
+    ])
 
 
 def _fmt(value: float | None) -> str:

@@ -6,6 +6,10 @@ answer, for SFT on the prompt/completion format) and `reasoning` (an R1-style wo
 "<think>7+5=12 0+4+1=5</think>52", digit by digit with carries, for training the demo's
 expert; only written for additions). Problems are drawn without replacement from
 the whole problem space, so the train/eval/test splits never share a problem.
+
+`wrong_answer` / `write_preference_pairs` turn problems into reward-model pairs: the right answer
+(chosen) against a plausible mistake (rejected): a dropped or extra carry, one digit off, a
+neighbouring number, a digit too many or too few.
 """
 
 from __future__ import annotations
@@ -72,3 +76,41 @@ def write_task(
         paths[name] = path
         start += size
     return paths
+
+
+def wrong_answer(answer: int, rng: random.Random) -> str:
+    """A plausible wrong answer to a sum: a carry error (+-10), one digit off by one, +-1..3, or a
+    length error (a digit too many or too few, the mistakes of a policy that does not stop in time);
+    never the answer itself."""
+    digits = str(answer)
+    while True:
+        kind = rng.randrange(5)
+        if kind == 0:
+            wrong = str(answer + rng.choice((-10, 10)))
+        elif kind == 1:
+            i = rng.randrange(len(digits))
+            wrong = digits[:i] + str((int(digits[i]) + rng.choice((1, 9))) % 10) + digits[i + 1:]
+        elif kind == 2:
+            wrong = str(answer + rng.choice((-3, -2, -1, 1, 2, 3)))
+        elif kind == 3:
+            wrong = digits + str(rng.randrange(10))
+        else:
+            wrong = digits[:-1]
+        if wrong and wrong != digits and not wrong.startswith("-"):
+            return wrong
+
+
+def write_preference_pairs(task_file: str | Path, out_file: str | Path, seed: int = 0) -> Path:
+    """One (prompt, chosen, rejected) row per problem of a task jsonl: chosen = the right answer,
+    rejected = `wrong_answer`; `margin` = 1.0 (correct minus wrong, in reward units)."""
+    rng = random.Random(seed)
+    out = Path(out_file)
+    tmp = out.with_suffix(".jsonl.tmp")
+    with Path(task_file).open() as src, tmp.open("w") as dst:
+        for line in src:
+            row = json.loads(line)
+            wrong = wrong_answer(int(row["ground_truth"]), rng)
+            dst.write(json.dumps({"id": row["id"], "prompt": row["prompt"], "chosen": row["ground_truth"],
+                                  "rejected": wrong, "margin": 1.0}) + "\n")
+    tmp.rename(out)
+    return out

@@ -61,6 +61,24 @@ def load_causal_lm(path: str, dtype: str = "auto", device: str = "cpu", trust_re
     return model.to(device)
 
 
+def load_scalar_head_model(path: str, tokenizer, trust_remote_code: bool = False):
+    """A sequence classifier with one output (a reward model) in float32 on the CPU.
+
+    From a causal-LM checkpoint (an SFT model) transformers keeps the body and initialises a new
+    `score` head; from a reward model it loads everything. The classifier reads the score at the
+    last token that is not `config.pad_token_id`, so that id is set from the tokenizer when the
+    checkpoint has none (the `reward_model` reward does the same when it loads the result).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=resolve_dtype("float32", "cpu"), trust_remote_code=trust_remote_code
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
 def without_tied_duplicates(state: dict) -> dict:
     """CPU copies of the weights, keeping the first name of tensors shared by several names
     (tied embeddings), as Hugging Face checkpoints store them."""

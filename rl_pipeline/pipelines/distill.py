@@ -13,6 +13,9 @@ a guiding system prompt; rewards decide which answers are kept; the rest is an S
 Generation of shard k+1 overlaps the scoring and writing of shard k. A redone shard samples
 afresh (its earlier rows were never kept), unless `distill.seed_each_request` derives per-request
 seeds from the shard index (GPU engines: vLLM-CPU fails on seeded requests in large batches).
+
+With `distill.pairs` the same loop writes reward-model preference data instead: per problem the
+best and the worst sample by reward become one (prompt, chosen, rejected) row (`pick_pair`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 import yaml
 
 from rl_pipeline.config import DistillConfig, InputError, Recipe, RolloutConfig
-from rl_pipeline.data.distill_output import ShardStore, dataset_card
+from rl_pipeline.data.distill_output import ShardStore, dataset_card, pair_row, preference_card
 from rl_pipeline.data.loading import DataError, load_rows
 from rl_pipeline.data.prompts import load_prompts, render_prompt
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
@@ -98,6 +101,25 @@ def keep_samples(samples: list[Sample], cfg: DistillConfig) -> tuple[list[Sample
     return sorted(survivors, key=lambda s: s.index), reasons
 
 
+def pick_pair(samples: list[Sample], cfg: DistillConfig) -> tuple[list[Sample], Counter]:
+    """Preference pair for one problem (distill.pairs): [best, worst] by total reward when they
+    differ by at least pairs.min_reward_gap and in text, else []. Truncated samples are left out
+    when distill.drop_truncated; ties go to the lower sample index (best) and the higher (worst).
+    Rejections count the samples of a problem without a pair as below_threshold, the others of a
+    problem with one as not_selected."""
+    truncated = [s for s in samples if cfg.drop_truncated and s.truncated]
+    reasons: Counter = Counter({"truncated": len(truncated)} if truncated else {})
+    usable = [s for s in samples if s not in truncated and math.isfinite(s.reward)]
+    if usable:
+        best = min(usable, key=lambda s: (-s.reward, s.index))
+        worst = min(usable, key=lambda s: (s.reward, -s.index))
+        if best.reward - worst.reward >= cfg.pairs.min_reward_gap and best.content.strip() != worst.content.strip():
+            reasons["not_selected"] += len(usable) - 2
+            return [best, worst], reasons
+    reasons["below_threshold"] += len(usable)
+    return [], reasons
+
+
 @dataclass
 class Problem:
     id: str
@@ -150,7 +172,8 @@ def check_distill_inputs(recipe: Recipe, output: str | Path | None = None) -> Di
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(f"distill.expert: the tokenizer of '{d.expert}' has no chat template; the dataset is "
                          "chat `messages`, so the expert must be a chat model")
-    prompts = load_prompts(spec, tokenizer, "data.train", max_prompt, need_ground_truth=d.require_ground_truth)
+    template = d.pairs.prompt_template if d.pairs is not None else None
+    prompts = load_prompts(spec, tokenizer, "data.train", max_prompt, template, need_ground_truth=d.require_ground_truth)
     if d.id_column is not None and d.id_column not in prompts[0].columns:
         columns = [spec.prompt_column, *prompts[0].columns]
         raise DataError(f"data.train: column '{d.id_column}' (distill.id_column) not found in {spec.path}; "
@@ -244,7 +267,8 @@ def run_distill(recipe: Recipe, output: str | Path | None = None, overwrite: boo
 
     inputs = check_distill_inputs(recipe, output)
     d = recipe.distill
-    store = ShardStore.open(inputs.output, d.format, inputs.components, inputs.fingerprint, overwrite)
+    store = ShardStore.open(inputs.output, d.format, inputs.components, inputs.fingerprint, overwrite,
+                            pairs=d.pairs is not None)
     removed = store.clean_unfinished()
     if removed:
         log.info("distill: removed %d files of unfinished shards: %s", len(removed), ", ".join(removed[:5]))
@@ -273,7 +297,7 @@ def run_distill(recipe: Recipe, output: str | Path | None = None, overwrite: boo
                     "shards_resumed": len(shards) - len(todo), "samples_generated": generated_now,
                     "samples_per_s": generated_now / loop_s if loop_s else None, **timing}  # after start-up
     stats["files"] = [str(p.relative_to(store.root)) for p in store.data_files()]
-    store.finish(stats, dataset_card(stats, d.format))
+    store.finish(stats, dataset_card(stats, d.format) if d.pairs is None else preference_card(stats))
     if stats["empty_reason"]:
         log.warning("distill: the dataset is empty: %s", stats["empty_reason"])
     return DistillResult(inputs.output, stats["rows"], stats)
@@ -336,10 +360,13 @@ def curate(problems: list[Problem], completions, scorer, inputs: DistillInputs,
         span = range(block * n, (block + 1) * n)
         kind, problem = kinds[span[0]], owners[span[0]]
         samples = [Sample(j - span[0], contents[j], lengths[j], flat[j].truncated, scored.total[j]) for j in span]
-        kept, reasons = keep_samples(samples, d)
-        c = counts["kinds"][kind]
-        _count(c, [flat[j] for j in span], [scored.total[j] for j in span],
-               {name: [values[j] for j in span] for name, values in scored.components.items()}, kept, reasons)
+        kept, reasons = keep_samples(samples, d) if d.pairs is None else pick_pair(samples, d)
+        counted = kept if d.pairs is None else kept[:1]  # a pair counts once, as its chosen answer
+        _count(counts["kinds"][kind], [flat[j] for j in span], [scored.total[j] for j in span],
+               {name: [values[j] for j in span] for name, values in scored.components.items()}, counted, reasons)
+        if d.pairs is not None:
+            rows.extend([pair_row(problem.id, problem.question, *kept, inputs.expert_name)] if kept else [])
+            continue
         for s in kept:
             j = span[0] + s.index
             rows.append({

@@ -1,4 +1,4 @@
-"""`rlp pipeline`: run the stages a pipeline recipe lists (distill, sft, grpo) in one run
+"""`rlp pipeline`: run the stages a pipeline recipe lists (distill, sft, grpo, rm) in one run
 directory, then evaluate the models it names and write report.md and curves.png.
 
 A pipeline recipe:
@@ -37,7 +37,7 @@ from rl_pipeline.config import InputError, Recipe, RecipeError, parse_recipe
 
 log = logging.getLogger(__name__)
 
-STAGE_KINDS = ("sft", "grpo", "distill")
+STAGE_KINDS = ("sft", "grpo", "distill", "rm")
 DONE = "STAGE_DONE.json"
 
 
@@ -76,7 +76,7 @@ def load_plan(path: str | Path, run_dir: str | Path | None = None, seed: int | N
     """Read and validate a pipeline recipe: every stage recipe is checked before anything runs.
 
     `seed` (when given) replaces the training seed everywhere: the tiny model's initialisation
-    and each stage's `sft.seed` / `grpo.seed` / `distill.seed`; the task data stays the same, so
+    and each stage's `sft.seed` / `grpo.seed` / `distill.seed` / `rm.seed`; the task data stays the same, so
     runs with different seeds measure run-to-run noise on the same held-out problems."""
     path = Path(path)
     if not path.is_file():
@@ -158,6 +158,11 @@ def run_stage(stage: Stage, run_dir: Path) -> dict:
         from rl_pipeline.pipelines.grpo import train_grpo
 
         result = train_grpo(stage.recipe, run_dir=out, resume=resume)
+        return {"model": str(result.final_model), "final_eval": result.final_eval}
+    if stage.kind == "rm":
+        from rl_pipeline.pipelines.rm import train_rm
+
+        result = train_rm(stage.recipe, run_dir=out, resume=resume)
         return {"model": str(result.final_model), "final_eval": result.final_eval}
     from rl_pipeline.pipelines.distill import run_distill
 

@@ -200,3 +200,27 @@ def test_sigkill_after_first_shard_then_resume_covers_every_problem_once(actors,
     assert max(keys.values()) == 1, "a row was written twice"
     assert set(keys) == {(r["problem_id"], r["kind"], r["sample"]) for r in whole}
     assert {r["problem_id"] for r in resumed} == {r["problem_id"] for r in whole} == set(list(ground_truth(task_dir))[:32])
+
+
+def test_pairs_mode_writes_best_vs_worst_answers_that_rlp_rm_reads(actors, chat_expert, task_dir, tmp_path):
+    """distill.pairs: per problem the best and the worst of 8 samples by the math reward make a
+    (prompt, chosen, rejected) row only when the rewards differ; rlp rm's loader reads the folder."""
+    from rl_pipeline.pipelines.rm import check_rm_inputs
+
+    raw = distill_recipe(chat_expert, task_dir, tmp_path, kinds=["original"], samples_per_prompt=8,
+                         pairs={"min_reward_gap": 0.5})
+    result = run_distill(parse_recipe(raw), actors=actors)
+    rows = read_rows(result.output)
+    truth = {json.loads(line)["id"]: json.loads(line) for line in open(task_dir / "test.jsonl")}
+    assert 0 < len(rows) <= 32, f"{len(rows)} pairs from 32 problems"
+    for row in rows:
+        problem = truth[row["problem_id"]]
+        assert row["prompt"] == problem["prompt"]
+        assert (row["chosen_reward"], row["rejected_reward"], row["margin"]) == (1.0, 0.0, 1.0)  # math: right vs wrong
+        assert row["chosen"].strip() == problem["ground_truth"] != row["rejected"].strip()
+    stats = json.loads((result.output / "stats.json").read_text())
+    assert stats["kinds"]["original"]["accepted"] == len(rows) == stats["rows"]
+    assert "# Preference pairs from" in (result.output / "README.md").read_text()
+    rm_raw = {"model": {"path": str(chat_expert)}, "rm": {"margin_column": "margin"},
+              "data": {"train": {"path": str(result.output / "data")}, "max_length": 32}}
+    assert len(check_rm_inputs(parse_recipe(rm_raw)).train) == len(rows)

@@ -4,7 +4,8 @@
 optimizer (DeepSpeed: gloo + fp32 on CPU, NCCL + bf16 on CUDA; ZeRO stage 0-3 from the recipe),
 and the parts every training objective shares: one optimiser step over micro-batches
 (`_accumulate`), the lr of a GRPO step, checkpoints and the Hugging Face export. Each objective
-(SFT, GRPO, ...) is a mixin of its own next to this module that only computes its loss.
+(SFT, GRPO, reward model, ...) is a mixin of its own next to this module that only computes its
+loss; `TrainerSpec.head` picks the model class (a causal LM, or a scalar-head classifier for RMs).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class TrainerSpec:
     # lr is a function of the GRPO step the driver names, so mu x mini-batches updates per step and
     # skipped steps do not shift it (set by the GRPO driver; no DeepSpeed scheduler then).
     schedule_unit: Literal["optimizer_step", "grpo_step"] = "optimizer_step"
+    # "causal_lm": the model of model.path as it is (SFT, GRPO). "scalar": a sequence classifier
+    # with one output (a reward model, `rlp rm`); a causal-LM checkpoint gets a new score head.
+    head: Literal["causal_lm", "scalar"] = "causal_lm"
 
 
 def pick_device(requested: str) -> str:
@@ -130,7 +134,7 @@ class TrainerEngine:
         import deepspeed
 
         from rl_pipeline.algorithms.schedule import lambda_for
-        from rl_pipeline.models.loading import load_causal_lm, load_tokenizer
+        from rl_pipeline.models.loading import load_causal_lm, load_scalar_head_model, load_tokenizer
 
         os.environ.update(
             MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
@@ -145,7 +149,10 @@ class TrainerEngine:
         seed_everything(self.spec.seed + self.rank)
         self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, model_cfg.trust_remote_code)
         # Master weights stay fp32; DeepSpeed's bf16 mode casts the working copy.
-        model = load_causal_lm(model_cfg.path, "float32", "cpu", model_cfg.trust_remote_code)
+        if self.spec.head == "scalar":
+            model = load_scalar_head_model(model_cfg.path, self.tokenizer, model_cfg.trust_remote_code)
+        else:
+            model = load_causal_lm(model_cfg.path, "float32", "cpu", model_cfg.trust_remote_code)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         schedule = lambda_for(cfg.lr, cfg.min_lr, cfg.warmup_steps, self.spec.total_steps, cfg.schedule)

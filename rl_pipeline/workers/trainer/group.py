@@ -76,6 +76,20 @@ class TrainerGroup:
     def device_memory_gib(self) -> float:
         return self.group.call_all("device_memory_gib")[0]
 
+    def rm_step(self, shards: list[list[list[dict]]], global_pairs: int, margin_scale: float = 0.0,
+                center_coef: float = 0.0) -> dict:
+        """One reward-model optimiser step; shards[r] are rank r's micro-batches of pairs.
+        Returns global metrics: loss, pairwise accuracy, mean margin and mean reward."""
+        results = self.group.call_each("rm_step", [(s, global_pairs, margin_scale, center_coef) for s in shards])
+        return {**_pair_metrics(results), "loss": sum(r["loss_share"] for r in results),
+                "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"], "tokens": sum(r["tokens"] for r in results)}
+
+    def rm_eval(self, shards: list[list[list[dict]]]) -> dict:
+        """Held-out pair metrics over every rank's share: loss (Bradley-Terry), accuracy, margin."""
+        results = self.group.call_each("rm_eval", [(s,) for s in shards])
+        pairs = max(sum(r["pairs"] for r in results), 1)
+        return {**_pair_metrics(results), "loss": sum(r["loss_sum"] for r in results) / pairs}
+
     def export_weights(self):
         """ObjectRef of the full weights (torch.save bytes) from rank 0; the driver never
         fetches it, engines do. Waits until every rank took part (ZeRO-3 gathers)."""
@@ -121,3 +135,11 @@ class TrainerGroup:
 
 def _merge_switch(per_rank: list[dict]) -> dict:
     return {**per_rank[0], "seconds": max(r["seconds"] for r in per_rank), "at": min(r["at"] for r in per_rank)}
+
+
+def _pair_metrics(results: list[dict]) -> dict[str, float]:
+    """Means over all ranks' pairs of the sums algorithms.rm.pair_counts returns."""
+    pairs = max(sum(r["pairs"] for r in results), 1)
+    return {"accuracy": sum(r["correct"] for r in results) / pairs,
+            "margin": sum(r["margin_sum"] for r in results) / pairs,
+            "reward_mean": sum(r["reward_sum"] for r in results) / pairs}
