@@ -2,6 +2,8 @@
 advantages, (add reference logprobs,) train the DeepSpeed policy, push the new weights.
 
 The step reads like the algorithm (see `_step`); everything heavy runs in Ray actor groups.
+With a `teacher:` section the run is on-policy distillation: a frozen teacher scores the sampled
+tokens and its per-token reverse-KL advantage replaces (or is mixed with) the reward advantage.
 All input (model, data columns, prompt lengths, reward names) is checked before any actor starts.
 """
 
@@ -36,7 +38,7 @@ class GRPOInputs:
     tokenizer: object
     train: list[Prompt]
     eval: list[Prompt] | None
-    correct_component: str
+    correct_component: str | None  # None: pure on-policy distillation without rewards
 
 
 @dataclass
@@ -51,11 +53,13 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     """Everything that can be wrong with the input, found before any actor starts."""
     from rl_pipeline.workers.reward import component_names, validate
 
-    recipe.require("data", "grpo", "rollout", "rewards")
+    recipe.require("data", "grpo", "rollout")
     try:
         check_model_source(recipe.model.path)
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
+    if recipe.rewards is None:
+        return _check_inputs_without_rewards(recipe)
     try:
         validate(recipe.rewards)
     except InputError:
@@ -66,6 +70,22 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     correct = recipe.grpo.accuracy_reward or names[0]
     if correct not in names:
         raise InputError(f"grpo.accuracy_reward: '{correct}' is not a reward component; components: {names}")
+    return _load_inputs(recipe, correct)
+
+
+def _check_inputs_without_rewards(recipe: Recipe) -> GRPOInputs:
+    """Pure on-policy distillation (teacher.reward_weight 0) needs no reward functions; nothing grades."""
+    if recipe.teacher is None or recipe.teacher.reward_weight > 0:
+        recipe.require("rewards")  # names the missing section
+    if recipe.grpo.eval_every:
+        raise InputError("grpo.eval_every is set but there is no rewards section to grade the evaluation with")
+    inputs = _load_inputs(recipe, None)
+    inputs.eval = None  # nothing to grade it with
+    return inputs
+
+
+def _load_inputs(recipe: Recipe, correct: str | None) -> GRPOInputs:
+    """Prompt lengths, tokenizer, train / eval prompts, and the teacher's model and vocabulary."""
     completion_key, completion_tokens = "rollout.max_tokens", recipe.rollout.max_tokens
     if recipe.tools is not None:
         from rl_pipeline.workers.multiturn import check_tools
@@ -85,7 +105,25 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
         evals = evals[: recipe.grpo.eval_limit] if recipe.grpo.eval_limit else evals
     elif recipe.grpo.eval_every:
         raise InputError("grpo.eval_every is set but data.eval is missing: nothing to evaluate on")
+    if recipe.teacher is not None:
+        check_teacher(recipe, tokenizer)
     return GRPOInputs(tokenizer, train, evals, correct)
+
+
+def check_teacher(recipe: Recipe, student_tokenizer) -> None:
+    """The teacher must exist and share the student's vocabulary: its logprobs are of the student's token ids."""
+    teacher = recipe.teacher.model
+    try:
+        check_model_source(teacher.path)
+    except FileNotFoundError as exc:
+        raise InputError(f"teacher.model.path: {exc}") from None
+    vocab = load_tokenizer(teacher.tokenizer or teacher.path, teacher.trust_remote_code).get_vocab()
+    student = student_tokenizer.get_vocab()
+    if vocab != student:
+        differ = sorted(set(vocab.items()) ^ set(student.items()))[:3]
+        raise InputError(f"teacher.model: the tokenizer of {teacher.tokenizer or teacher.path} does not share the "
+                         f"student's vocabulary ({len(vocab)} vs {len(student)} tokens; e.g. {differ}): the teacher "
+                         "must score the student's token ids")
 
 
 def check_sampling(recipe: Recipe) -> None:
@@ -121,9 +159,10 @@ class _Actors:
     reference: object | None
     sync: object
     sampler: object | None = None  # multi-turn rollouts over `engines` when the recipe has tools
+    teacher: object | None = None  # on-policy distillation: a ReferenceGroup holding the teacher
 
     def shutdown(self) -> None:
-        for part in (self.sampler, self.engines, self.scorer, self.reference, self.policy):
+        for part in (self.sampler, self.engines, self.scorer, self.reference, self.teacher, self.policy):
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.shutdown()
@@ -143,18 +182,24 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     started = []
     try:
         started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout))
-        started.append(RewardService.start(recipe.rewards, placement=plan.reward))
+        started.append(None if recipe.rewards is None else RewardService.start(recipe.rewards, placement=plan.reward))
         started.append(None if plan.reference is None else ReferenceGroup.start(
             recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, placement=plan.reference))
         spec = TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed, schedule_unit="grpo_step")
         started.append(TrainerGroup.start(spec, placement=plan.trainer))
-        engines, scorer, reference, policy = started
-        record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group, "reward": scorer.actor,
-                                   "reference": reference.group if reference else None})
+        started.append(None if plan.teacher is None else ReferenceGroup.start(
+            recipe.teacher.model, recipe.teacher.replicas, device=recipe.trainer.device, placement=plan.teacher,
+            role="teacher"))
+        engines, scorer, reference, policy, teacher = started
+        record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group,
+                                   "reward": scorer.actor if scorer else None,
+                                   "reference": reference.group if reference else None,
+                                   "teacher": teacher.group if teacher else None})
     except BaseException:
-        _Actors(*(started + [None] * (4 - len(started))), sync=None).shutdown()
+        parts = started + [None] * (5 - len(started))
+        _Actors(*parts[:4], sync=None, teacher=parts[4]).shutdown()
         raise
-    return _Actors(policy, engines, scorer, reference, WeightSync())
+    return _Actors(policy, engines, scorer, reference, WeightSync(), teacher=teacher)
 
 
 def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> GRPOResult:
@@ -219,7 +264,7 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
                     run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
-                progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
+                progress.advance(**{k: metrics[m] for k, m in _PROGRESS.items() if m in metrics})
     finally:
         if ahead is not None:
             ahead.close()
@@ -249,6 +294,9 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     if actors.reference is not None:
         with timer("reference"):
             actors.reference.add_logprobs(batch.samples, recipe.rollout.temperature)
+    if actors.teacher is not None:  # on-policy distillation: the teacher's per-token advantages
+        with timer("teacher"):
+            metrics.update(_teacher_advantages(actors.teacher, batch, recipe))
     with timer("train"):
         mini_batches = batch.mini_batches(recipe.trainer.num_ranks, g.mini_batches, recipe.trainer.micro_batch_size,
                                           recipe.trainer.max_tokens_per_micro_batch)
@@ -272,6 +320,8 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
     """Generate and score until enough non-flat groups are kept (dynamic sampling) or the
     refill cap is reached; metrics describe the first round's rollouts."""
     g, batches, metrics, drawn = recipe.grpo, [], {}, []
+    # A teacher teaches on every group, even one whose rewards are all equal: keep them all.
+    drop_flat = g.drop_flat_groups and recipe.teacher is None
     for round_ in range(g.max_refill_rounds + 1):
         prompts = stream.next(g.prompts_per_step)
         with timer("generate"):
@@ -281,13 +331,13 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
             columns = reward_columns(prompts, completions)
             if actors.sampler is not None:  # rewards may read the whole trajectory (README: Tools)
                 columns["trajectory"] = [c.for_reward() for c in flat]
-            scored = actors.scorer.score([p.text for p in prompts for _ in range(g.group_size)],
-                                         [c.text for c in flat], columns)
+            scored = _unscored(len(flat)) if actors.scorer is None else actors.scorer.score(
+                [p.text for p in prompts for _ in range(g.group_size)], [c.text for c in flat], columns)
         # GRPO's group-relative advantage: each completion's reward against its group's mean
         # (divided by the group's std when asked); groups with equal rewards teach nothing.
         rewards = torch.tensor(scored.total, dtype=torch.float64)
         advantages = group_advantages(rewards, g.group_size, scale_by_std=g.scale_advantages_by_std)
-        keep = (~flat_groups(rewards, g.group_size)).tolist() if g.drop_flat_groups else None
+        keep = (~flat_groups(rewards, g.group_size)).tolist() if drop_flat else None
         batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total, advantages.tolist(),
                                    keep_groups=keep, mask_truncated=g.mask_truncated))
         if round_ == 0:
@@ -299,11 +349,37 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
                 metrics.update(trajectory_metrics(flat, actors.sampler.last_tool_wall_s))
         drawn += [p.row for p in prompts]
         kept = sum(b.groups_total - b.groups_dropped for b in batches)
-        if not g.drop_flat_groups or kept >= g.prompts_per_step:
+        if not drop_flat or kept >= g.prompts_per_step:
             break
     metrics["train/refill_rounds"] = float(len(batches) - 1)
     metrics["data/prompts_crc32"] = float(zlib.crc32(repr(drawn).encode()))  # which rows, in order (resume tests)
     return merge_batches(batches), metrics
+
+
+def _teacher_advantages(teacher, batch: GRPOBatch, recipe: Recipe) -> dict:
+    """The teacher scores every sampled token at the sampling temperature; each sample's advantage
+    becomes per-token: reward_weight * its group advantage - coef * (log pi_student - log pi_teacher)
+    (algorithms/distill.py). The student's logprob is the sampler's, pi_old of this step."""
+    from rl_pipeline.algorithms.distill import distill_advantages, mean_reverse_kl
+
+    t = recipe.teacher
+    teacher.add_logprobs(batch.samples, recipe.rollout.temperature, field="teacher_logprobs")
+    for s in batch.samples:
+        s.advantage = distill_advantages(s.sampler_logprobs, s.teacher_logprobs, s.advantage, t.coef, t.reward_weight)
+    trained = [s for s in batch.samples if s.trained]
+    return {"distill/reverse_kl": mean_reverse_kl([(s.sampler_logprobs, s.teacher_logprobs, s.loss_mask)
+                                                   for s in trained])}
+
+
+def _unscored(count: int):
+    """Pure on-policy distillation has no reward functions: every sample scores 0, nothing is graded."""
+    from rl_pipeline.workers.reward import RewardResult
+
+    return RewardResult(total=[0.0] * count, components={}, metrics={})
+
+
+# What the progress line shows, when the step has it (a run without rewards has no accuracy).
+_PROGRESS = {"reward": "reward/total/mean", "acc": "train/accuracy", "rkl": "distill/reverse_kl"}
 
 
 def reward_columns(prompts: list[Prompt], completions: list[list]) -> dict[str, list]:
@@ -326,14 +402,16 @@ def _generate(actors: _Actors, prompts: list[Prompt], n: int, seed: int) -> list
                                    columns=[p.columns for p in prompts])
 
 
-def _rollout_stats(flat, scored, correct_component: str, threshold: float, generate_s: float) -> dict:
+def _rollout_stats(flat, scored, correct_component: str | None, threshold: float, generate_s: float) -> dict:
     lengths = [len(c.token_ids) for c in flat]
-    correct = [s is not None and s >= threshold for s in scored.components[correct_component]]
+    graded = {}
+    if correct_component is not None:  # None: pure distillation, nothing grades the samples
+        graded = {"reward/total/mean": mean(scored.total), "reward/total/std": pstdev(scored.total),
+                  "train/accuracy": mean(s is not None and s >= threshold
+                                         for s in scored.components[correct_component])}
     return {
         **scored.metrics,
-        "reward/total/mean": mean(scored.total),
-        "reward/total/std": pstdev(scored.total),
-        "train/accuracy": mean(correct),
+        **graded,
         "rollout/response_length_mean": mean(lengths),
         "rollout/response_length_max": float(max(lengths)),
         "rollout/truncated_frac": mean(c.truncated for c in flat),
@@ -342,7 +420,8 @@ def _rollout_stats(flat, scored, correct_component: str, threshold: float, gener
 
 
 def _batch_stats(batch: GRPOBatch) -> dict:
-    advantages = [s.advantage for s in batch.samples] or [0.0]
+    advantages = [mean(s.advantage) if isinstance(s.advantage, list) and s.advantage else float(s.advantage or 0.0)
+                  for s in batch.samples] or [0.0]
     return {
         "train/groups_dropped": float(batch.groups_dropped),
         "train/groups_total": float(batch.groups_total),
