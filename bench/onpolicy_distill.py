@@ -119,30 +119,26 @@ def run_off_policy(work: Path, student: str, teacher: str, args) -> dict:
     actors = DistillActors.start(recipe)
     started = time.perf_counter()
     try:
-        out = run_distill(recipe, output=work / "offpolicy" / "data", actors=actors)
+        data = run_distill(recipe, output=work / "offpolicy" / "data", actors=actors)
     finally:
         actors.shutdown()
-    generate_s = time.perf_counter() - started
+    generate_s = time.perf_counter() - started  # input checks, generation, rewards, writing the shards
     startup = started - begin
-    kept = sum(1 for f in (Path(out) / "data").glob("*.jsonl") for _ in f.open()) if Path(out).is_dir() else 0
-    train = {"path": str(Path(out)), "format": "messages"}
+    train = {"path": str(data.output), "format": "messages"}
     sft = parse_recipe(sft_recipe(work, student, "offpolicy-sft", train, 1.0, args.sft_steps, args.eval_every,
                                   (1e-3, 1e-3, "constant"), eval_split="test"))
     begin = time.perf_counter()
     result = train_sft(sft)
     wall = time.perf_counter() - begin
-    clock, curve, steps_s = generate_s, [(0, generate_s, None)], 0.0
-    for row in read_metrics(result.run_dir / "metrics.jsonl"):
-        if "step_seconds" in row:
-            steps_s += row["step_seconds"] if row["step"] % 10 == 0 or "val_accuracy" in row else 0.0
-    # SFT logs every 10th step and each evaluation; step time is near constant, so the clock at step k
-    # is generation + k * (mean logged step time).
+    # SFT logs every 10th step and each evaluation; its step time is near constant, so the clock at
+    # step k is generation + k * (mean logged step time).
+    curve = [(0, generate_s, None)]
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     per_step = mean(r["step_seconds"] for r in rows if "step_seconds" in r)
     for row in rows:
         if "val_accuracy" in row:
             curve.append((row["step"], generate_s + row["step"] * per_step, row["val_accuracy"]))
-    return {"curve": curve, "generate_s": generate_s, "kept": kept, "per_step": per_step,
+    return {"curve": curve, "generate_s": generate_s, "kept": data.rows, "per_step": per_step,
             "startup": startup + wall - result.steps * per_step, "steps": result.steps}
 
 

@@ -155,3 +155,18 @@ def test_teacher_section_rejects_bad_keys(tiny_model_dir, small_task):
         parse_recipe(_recipe(tiny_model_dir, small_task, "t", coef=0))
     with pytest.raises(RecipeError, match="teacher.temperature: unknown key"):
         parse_recipe(_recipe(tiny_model_dir, small_task, "t", temperature=2.0))
+
+
+def test_a_pipeline_grpo_stage_carries_the_teacher(tmp_path):
+    import yaml
+
+    from rl_pipeline.pipelines.pipeline import load_plan
+
+    stage = {"model": {"path": "{run_dir}/student"}, "data": {"train": {"path": "t.jsonl"}},
+             "rollout": {"temperature": 1.0}, "grpo": {"steps": 3},
+             "teacher": {"model": {"path": "{run_dir}/teacher/final_model"}, "reward_weight": 0.5}}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "stages": [{"name": "opd", "kind": "grpo", "recipe": stage}]}))
+    plan = load_plan(path, tmp_path / "run")
+    teacher = plan.stages[0].recipe.teacher
+    assert teacher.model.path == f"{tmp_path / 'run'}/teacher/final_model" and teacher.reward_weight == 0.5
