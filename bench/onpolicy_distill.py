@@ -1,14 +1,16 @@
 """On-policy distillation vs off-policy SFT on the teacher's samples: held-out accuracy per
 wall-clock second for the same student, the same teacher and the same budget (CPU, tiny world).
 
-    .venv/bin/python bench/onpolicy_distill.py [--opd-steps 60] [--eval-every 10] [--problems 1000] [--sft-steps 200]
+    .venv/bin/python bench/onpolicy_distill.py [--opd-steps 60] [--opd-lr 1e-4 3e-4 1e-3] [--eval-every 10]
+        [--problems 1000] [--sft-steps 200]
 
 Set-up (not timed): a tiny model, the synthetic task (chat prompts, as `rlp distill` writes chat
 data), a student trained with `rlp sft`'s pipeline until 30% greedy accuracy on eval.jsonl, and a
 teacher trained on from the student until 85%.
 - on-policy: `rlp grpo` with `teacher:` (reward_weight 0: the math reward only grades the
-  evaluation), --opd-steps steps of 32 prompts x 4 samples; held-out greedy accuracy on test.jsonl
-  (200 problems) every --eval-every steps. Its budget is the sum of its step times.
+  evaluation), --opd-steps steps of 32 prompts x 4 samples, one arm per --opd-lr; held-out greedy
+  accuracy on test.jsonl (200 problems) every --eval-every steps. The budget is the sum of the
+  first arm's step times.
 - off-policy: `rlp distill` (the teacher answers --problems training problems once, original kind,
   the math reward keeps correct answers), then `rlp sft` of the student on that dataset, greedy
   accuracy on test.jsonl every --eval-every steps. Its clock is distill's generation time plus the
@@ -66,16 +68,16 @@ def build_world(work: Path) -> tuple[str, str]:
     return str(student), str(teacher)
 
 
-def run_on_policy(work: Path, student: str, teacher: str, args) -> dict:
+def run_on_policy(work: Path, student: str, teacher: str, args, lr: float) -> dict:
     from rl_pipeline.config import parse_recipe
     from rl_pipeline.pipelines.grpo import train_grpo
     from rl_pipeline.tracking import read_metrics
 
     recipe = parse_recipe({
-        "name": "opd", "output_dir": str(work / "opd"), "model": {"path": student},
+        "name": f"opd-lr{lr:g}", "output_dir": str(work / "opd"), "model": {"path": student},
         "data": {"train": {"path": str(work / "task" / "train.jsonl")},
                  "eval": {"path": str(work / "task" / "test.jsonl")}, "max_length": 48},
-        "trainer": {"micro_batch_size": 128, "lr": 1e-4, "min_lr": 0.0, "warmup_steps": 5, "schedule": "linear",
+        "trainer": {"micro_batch_size": 128, "lr": lr, "min_lr": 0.0, "warmup_steps": 5, "schedule": "linear",
                     "betas": [0.9, 0.99]},
         "rollout": {"temperature": 1.0, "max_tokens": 8},
         "grpo": {"steps": args.opd_steps, "prompts_per_step": 32, "group_size": 4, "loss_aggregation": "token-mean",
@@ -154,6 +156,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--problems", type=int, default=1000, help="training problems the teacher answers")
     parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--opd-lr", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
+                        help="one on-policy arm per peak lr (linear decay to 0); the budget is the first arm's")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -164,10 +168,11 @@ def main() -> None:
     t0 = time.perf_counter()
     student, teacher = build_world(work)
     print(f"set-up (student + teacher SFT): {time.perf_counter() - t0:.0f} s", flush=True)
-    on = run_on_policy(work, student, teacher, args)
+    arms = {f"on-policy distillation, lr {lr:g}": run_on_policy(work, student, teacher, args, lr) for lr in args.opd_lr}
     off = run_off_policy(work, student, teacher, args)
     ray.shutdown()
 
+    on = next(iter(arms.values()))
     base = on["curve"][0][2]
     budget = on["budget"]
     sigma = math.sqrt(base * (1 - base) / 200)
@@ -175,24 +180,26 @@ def main() -> None:
           f"budget = on-policy's {args.opd_steps} steps = {budget:.1f} s")
     print("\n| method | clock at budget s | held-out greedy at budget | gain | gain per 100 s | last point (clock s, acc) |")
     print("|---|---:|---:|---:|---:|---|")
-    for name, res in (("on-policy distillation", on), ("off-policy: distill + SFT", off)):
+    for name, res in (*arms.items(), ("off-policy: distill + SFT (teacher samples filtered by the math reward)", off)):
         acc, t = accuracy_at(res["curve"], budget)
         last = [(round(t_, 1), a) for _, t_, a in res["curve"] if a is not None][-1]
         print(f"| {name} | {t:.1f} | {acc:.3f} | {acc - base:+.3f} | {(acc - base) / budget * 100:+.3f} | {last} |")
     print("\ncurves (step, clock s, held-out greedy accuracy):")
-    print("  on-policy: " + ", ".join(f"({s}, {t:.0f}, {a:.3f})" for s, t, a in on["curve"]))
+    for name, res in arms.items():
+        print(f"  {name}: " + ", ".join(f"({s}, {t:.0f}, {a:.3f})" for s, t, a in res["curve"]))
     print("  off-policy: " + ", ".join(f"({s}, {t:.0f}, {a if a is None else round(a, 3)})" for s, t, a in off["curve"]))
     print(f"\noff-policy: teacher generation {off['generate_s']:.1f} s for {args.problems} problems, {off['kept']} "
           f"correct samples kept; SFT {off['per_step']:.3f} s/step x {off['steps']} steps")
     print(f"start-up excluded: on-policy {on['startup']:.0f} s, off-policy {off['startup']:.0f} s; "
           f"evaluation excluded: on-policy {on['eval_s']:.0f} s")
-    s = on["split"]
     print("\non-policy distillation step time (mean of steps 3-N, s):")
-    print("| generate | reward | teacher | train | sync | other | step |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    print("| " + " | ".join(f"{s[k]:.3f}" for k in ("generate", "reward", "teacher", "train", "sync", "other", "step"))
-          + " |")
-    print(f"reverse KL (per token) first / last step: {on['kl'][0]:.3f} / {on['kl'][-1]:.3f}")
+    print("| arm | generate | reward | teacher | train | sync | other | step | reverse KL per token, first / last step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, res in arms.items():
+        s = res["split"]
+        print(f"| {name} | " + " | ".join(f"{s[k]:.3f}" for k in ("generate", "reward", "teacher", "train", "sync",
+                                                                  "other", "step"))
+              + f" | {res['kl'][0]:.3f} / {res['kl'][-1]:.3f} |")
 
 
 if __name__ == "__main__":
