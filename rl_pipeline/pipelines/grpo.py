@@ -420,7 +420,8 @@ def _rollout_stats(flat, scored, correct_component: str | None, threshold: float
 
 
 def _batch_stats(batch: GRPOBatch) -> dict:
-    advantages = [mean(s.advantage) if isinstance(s.advantage, list) and s.advantage else float(s.advantage or 0.0)
+    # A distilled sample's advantage is per token: its mean stands for it here.
+    advantages = [(mean(s.advantage) if s.advantage else 0.0) if isinstance(s.advantage, list) else s.advantage
                   for s in batch.samples] or [0.0]
     return {
         "train/groups_dropped": float(batch.groups_dropped),
