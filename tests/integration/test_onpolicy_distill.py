@@ -95,6 +95,8 @@ def strong_teacher(tmp_path_factory, partly_trained_model, task_dir, ray_local) 
     return result.final_model
 
 
+# Measured on the 2-core machine (2026-11-29, the run itself ~35 s after the fixtures): held-out
+# greedy 0.285 -> 0.525 after 40 steps (3 sigma = 0.096), reverse KL per token 0.873 -> 0.713.
 TEACHER_ACCURACY = 0.85
 LEARNING_STEPS = 40
 
