@@ -23,12 +23,13 @@ class GRPOSample:
     prompt_ids: list[int]
     completion_ids: list[int]
     sampler_logprobs: list[float]
-    advantage: float
+    advantage: float | list[float]  # one per completion (broadcast), or one per completion id (distillation)
     reward: float
     group: int
     truncated: bool
     trained: bool = True  # False: masked out of the loss (truncated and grpo.mask_truncated)
     ref_logprobs: list[float] | None = None
+    teacher_logprobs: list[float] | None = None  # on-policy distillation: the teacher's, at the sampling T
     loss_mask: list[int] | None = None  # per completion id: 0 = not sampled (a tool result); None = all 1
 
     def trained_tokens(self) -> int:
@@ -148,7 +149,8 @@ def merge_batches(batches: list[GRPOBatch]) -> GRPOBatch:
 
 def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor | None]:
     """Right-padded ids [N, T] and label-aligned [N, T-1] tensors: completion-token mask,
-    sampler and reference logprobs; advantages [N]. Label position t predicts token t+1, so
+    sampler and reference logprobs, advantages (a row's float broadcast over its completion, or its
+    per-completion-token list; 0 elsewhere). Label position t predicts token t+1, so
     completion token j of a row sits at position prompt_len - 1 + j. A row's `loss_mask` (if
     any) clears the positions of ids that were not sampled (tool results)."""
     width = max(len(r["input_ids"]) for r in rows)
@@ -158,6 +160,7 @@ def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tenso
     sampler = torch.zeros((n, width - 1), dtype=torch.float32)
     has_ref = rows[0]["ref_logprobs"] is not None
     ref = torch.zeros((n, width - 1), dtype=torch.float32) if has_ref else None
+    advantages = torch.zeros((n, width - 1), dtype=torch.float32)
     for i, row in enumerate(rows):
         seq, start = row["input_ids"], row["prompt_len"] - 1
         ids[i, : len(seq)] = torch.tensor(seq)
@@ -168,8 +171,10 @@ def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tenso
         sampler[i, start:end] = torch.tensor(row["sampler_logprobs"], dtype=torch.float32)
         if has_ref:
             ref[i, start:end] = torch.tensor(row["ref_logprobs"], dtype=torch.float32)
+        advantage = row["advantage"]
+        advantages[i, start:end] = torch.tensor(advantage, dtype=torch.float32) if isinstance(advantage, list) \
+            else float(advantage)
     positions = torch.arange(width).expand(n, width)
-    advantages = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32)
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return {"input_ids": move(ids), "position_ids": move(positions), "mask": move(mask),
             "sampler_logp": move(sampler), "ref_logp": move(ref), "advantages": move(advantages)}

@@ -174,7 +174,10 @@ def grpo_cmd(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir from its checkpoint"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default: output_dir/name-TIME)"),
 ) -> None:
-    """GRPO: vLLM rollouts, reward service, DeepSpeed policy updates, weight sync each step."""
+    """GRPO: vLLM rollouts, reward service, DeepSpeed policy updates, weight sync each step.
+
+    With a `teacher:` section, on-policy distillation: the teacher scores every sampled token, and its \
+per-token reverse-KL advantage replaces (or is mixed with) the rewards, which may then be left out."""
     from rl_pipeline.pipelines.grpo import train_grpo
 
     result = _train(train_grpo, recipe, overrides, run_dir, resume)

@@ -69,6 +69,7 @@ class GRPOPlacement:
     rollout: Placement
     reward: Placement
     reference: Placement | None
+    teacher: Placement | None = None  # on-policy distillation (recipe `teacher:`), placed like the reference
 
     def demands(self, recipe: Recipe) -> list[Demand]:
         out = []
@@ -78,7 +79,10 @@ class GRPOPlacement:
         if self.reference is not None:
             out.append(Demand("reference", recipe.grpo.reference_replicas, self.reference.resources,
                               self.reference.strategy))
-        out.append(Demand("reward", 1, self.reward.resources, "PACK"))
+        if self.teacher is not None:
+            out.append(Demand("teacher", recipe.teacher.replicas, self.teacher.resources, self.teacher.strategy))
+        if recipe.rewards is not None:
+            out.append(Demand("reward", 1, self.reward.resources, "PACK"))
         return out
 
 
@@ -89,7 +93,7 @@ def plan_grpo(recipe: Recipe, nodes: list[NodeInfo] | None = None) -> GRPOPlacem
     reserves); everything else is reserved by the roles' own `start`. Raises RecipeError for a
     recipe that cannot colocate and PlacementError naming what the cluster lacks.
     """
-    recipe.require("grpo", "rollout", "rewards")
+    recipe.require("grpo", "rollout")  # rewards may be absent in pure on-policy distillation (recipe `teacher:`)
     nodes = cluster_nodes() if nodes is None else nodes
     has_gpus = any(n.resources.get("GPU", 0) > 0 for n in nodes)
     c, p, t, r = recipe.cluster, recipe.cluster.placement, recipe.trainer, recipe.rollout
@@ -115,6 +119,10 @@ def plan_grpo(recipe: Recipe, nodes: list[NodeInfo] | None = None) -> GRPOPlacem
             pin(p.reference, p.reference.cpus, ref_gpus), p.reference.strategy or strategy,
             ready_timeout_s=c.ready_timeout_s),
     )
+    if recipe.teacher is not None:
+        teacher_gpus = p.teacher.gpus if p.teacher.gpus is not None else t.gpus_per_rank
+        plan.teacher = Placement(pin(p.teacher, p.teacher.cpus, teacher_gpus), p.teacher.strategy or strategy,
+                                 ready_timeout_s=c.ready_timeout_s)
     demands = plan.demands(recipe)
     if c.colocate:
         # The shared bundles replace the trainer's and the engines' own (not yet attached above).

@@ -372,6 +372,26 @@ class RMConfig(Section):
     )
 
 
+# ---------------------------------------------------------------- on-policy distillation (issue 20)
+
+
+class TeacherConfig(Section):
+    """On-policy distillation (`rlp grpo` with a `teacher:` section): the student (model.path)
+    samples, the frozen teacher scores every sampled token at rollout.temperature, and
+    A_t = reward_weight * A_group - coef * (log pi_student(o_t) - log pi_teacher(o_t)), the
+    negative per-token reverse-KL estimate at the sampled token (rl_pipeline/algorithms/distill.py).
+    Not to be confused with `distill:`, the off-policy expert-data generation of `rlp distill`."""
+
+    model: ModelConfig = Field(description="the teacher: any causal LM whose tokenizer vocabulary is the student's")
+    coef: float = Field(1.0, gt=0, description="weight of the per-token reverse-KL advantage")
+    reward_weight: float = Field(
+        0.0, ge=0,
+        description="weight of the group-relative reward advantages mixed in; 0 = pure distillation (no rewards "
+        "section needed; groups with equal rewards are kept, since the teacher still teaches on them)",
+    )
+    replicas: int = Field(1, ge=1, description="teacher actors; rows are split evenly across them")
+
+
 Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 # Resources each role already sizes in its own section (trainer.gpus_per_rank, ...); pinning takes custom ones.
 _BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
@@ -419,6 +439,8 @@ class PlacementConfig(Section):
     trainer: RolePlacement = Field(default_factory=RolePlacement)
     rollout: RolePlacement = Field(default_factory=RolePlacement)
     reference: ReferencePlacement = Field(default_factory=ReferencePlacement)
+    teacher: ReferencePlacement = Field(default_factory=ReferencePlacement,
+                                        description="on-policy distillation teacher; gpus None = trainer.gpus_per_rank")
     reward: RewardPlacement = Field(default_factory=RewardPlacement)
 
 
@@ -492,6 +514,7 @@ class Recipe(Section):
     distill: DistillConfig | None = None
     rm: RMConfig | None = None
     tools: ToolsConfig | None = None
+    teacher: TeacherConfig | None = Field(None, description="on-policy distillation teacher (a grpo run)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

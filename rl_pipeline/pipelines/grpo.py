@@ -2,6 +2,8 @@
 advantages, (add reference logprobs,) train the DeepSpeed policy, push the new weights.
 
 The step reads like the algorithm (see `_step`); everything heavy runs in Ray actor groups.
+With a `teacher:` section the run is on-policy distillation: a frozen teacher scores the sampled
+tokens and its per-token reverse-KL advantage replaces (or is mixed with) the reward advantage.
 All input (model, data columns, prompt lengths, reward names) is checked before any actor starts.
 """
 
@@ -74,9 +76,10 @@ class _Actors:
     sync: object
     sampler: object | None = None  # multi-turn rollouts over `engines` when the recipe has tools
     hybrid: HybridEngine | None = None  # hand-overs of shared GPUs; with it off, only the weight push
+    teacher: object | None = None  # on-policy distillation: a ReferenceGroup holding the teacher
 
     def shutdown(self) -> None:
-        for part in (self.sampler, self.engines, self.scorer, self.reference, self.policy):
+        for part in (self.sampler, self.engines, self.scorer, self.reference, self.teacher, self.policy):
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.shutdown()
@@ -101,16 +104,22 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
         started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout))
         hybrid = HybridEngine(None, started[0], None, recipe.rollout.sleep_level, enabled=hybrid_on)
         hybrid.engines_sleep_for_startup()  # the trainer's start-up needs the card the engines just took
-        started.append(RewardService.start(recipe.rewards, placement=plan.reward))
+        started.append(None if recipe.rewards is None else RewardService.start(recipe.rewards, placement=plan.reward))
         started.append(None if plan.reference is None else ReferenceGroup.start(
             recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, placement=plan.reference))
         spec = TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed, schedule_unit="grpo_step")
         started.append(TrainerGroup.start(spec, placement=plan.trainer))
-        engines, scorer, reference, policy = started
-        record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group, "reward": scorer.actor,
-                                   "reference": reference.group if reference else None})
+        started.append(None if plan.teacher is None else ReferenceGroup.start(
+            recipe.teacher.model, recipe.teacher.replicas, device=recipe.trainer.device, placement=plan.teacher,
+            role="teacher"))
+        engines, scorer, reference, policy, teacher = started
+        record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group,
+                                   "reward": scorer.actor if scorer else None,
+                                   "reference": reference.group if reference else None,
+                                   "teacher": teacher.group if teacher else None})
     except BaseException:
-        _Actors(*(started + [None] * (4 - len(started))), sync=None).shutdown()
+        parts = started + [None] * (5 - len(started))
+        _Actors(*parts[:4], sync=None, teacher=parts[4]).shutdown()
         raise
     sync = WeightSync()
     hybrid.policy, hybrid.sync = policy, sync
@@ -118,7 +127,7 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     if hybrid_on:
         log.info("hybrid engine: engines sleep (level %d) while the trainer trains; trainer states in CPU memory "
                  "while the engines generate", recipe.rollout.sleep_level)
-    return _Actors(policy, engines, scorer, reference, sync, hybrid=hybrid)
+    return _Actors(policy, engines, scorer, reference, sync, hybrid=hybrid, teacher=teacher)
 
 
 def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> GRPOResult:
@@ -188,7 +197,7 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
                     with actors.hybrid.trainer_resident():
                         run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
-                progress.advance(reward=metrics["reward/total/mean"], acc=metrics["train/accuracy"])
+                progress.advance(**{k: metrics[m] for k, m in _PROGRESS.items() if m in metrics})
     finally:
         if ahead is not None:
             ahead.close()
@@ -219,6 +228,9 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     if actors.reference is not None:
         with timer("reference"):
             actors.reference.add_logprobs(batch.samples, recipe.rollout.temperature)
+    if actors.teacher is not None:  # on-policy distillation: the teacher's per-token advantages
+        with timer("teacher"):
+            metrics.update(_teacher_advantages(actors.teacher, batch, recipe))
     with timer("train"):
         mini_batches = batch.mini_batches(recipe.trainer.num_ranks, g.mini_batches, recipe.trainer.micro_batch_size,
                                           recipe.trainer.max_tokens_per_micro_batch)
@@ -241,6 +253,8 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
     """Generate and score until enough non-flat groups are kept (dynamic sampling) or the
     refill cap is reached; metrics describe the first round's rollouts."""
     g, batches, metrics, drawn = recipe.grpo, [], {}, []
+    # A teacher teaches on every group, even one whose rewards are all equal: keep them all.
+    drop_flat = g.drop_flat_groups and recipe.teacher is None
     for round_ in range(g.max_refill_rounds + 1):
         prompts = stream.next(g.prompts_per_step)
         with timer("generate"):
@@ -250,13 +264,13 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
             columns = reward_columns(prompts, completions)
             if actors.sampler is not None:  # rewards may read the whole trajectory (README: Tools)
                 columns["trajectory"] = [c.for_reward() for c in flat]
-            scored = actors.scorer.score([p.text for p in prompts for _ in range(g.group_size)],
-                                         [c.text for c in flat], columns)
+            scored = _unscored(len(flat)) if actors.scorer is None else actors.scorer.score(
+                [p.text for p in prompts for _ in range(g.group_size)], [c.text for c in flat], columns)
         # GRPO's group-relative advantage: each completion's reward against its group's mean
         # (divided by the group's std when asked); groups with equal rewards teach nothing.
         rewards = torch.tensor(scored.total, dtype=torch.float64)
         advantages = group_advantages(rewards, g.group_size, scale_by_std=g.scale_advantages_by_std)
-        keep = (~flat_groups(rewards, g.group_size)).tolist() if g.drop_flat_groups else None
+        keep = (~flat_groups(rewards, g.group_size)).tolist() if drop_flat else None
         batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total, advantages.tolist(),
                                    keep_groups=keep, mask_truncated=g.mask_truncated))
         if round_ == 0:
@@ -268,11 +282,37 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
                 metrics.update(trajectory_metrics(flat, actors.sampler.last_tool_wall_s))
         drawn += [p.row for p in prompts]
         kept = sum(b.groups_total - b.groups_dropped for b in batches)
-        if not g.drop_flat_groups or kept >= g.prompts_per_step:
+        if not drop_flat or kept >= g.prompts_per_step:
             break
     metrics["train/refill_rounds"] = float(len(batches) - 1)
     metrics["data/prompts_crc32"] = float(zlib.crc32(repr(drawn).encode()))  # which rows, in order (resume tests)
     return merge_batches(batches), metrics
+
+
+def _teacher_advantages(teacher, batch: GRPOBatch, recipe: Recipe) -> dict:
+    """The teacher scores every sampled token at the sampling temperature; each sample's advantage
+    becomes per-token: reward_weight * its group advantage - coef * (log pi_student - log pi_teacher)
+    (algorithms/distill.py). The student's logprob is the sampler's, pi_old of this step."""
+    from rl_pipeline.algorithms.distill import distill_advantages, mean_reverse_kl
+
+    t = recipe.teacher
+    teacher.add_logprobs(batch.samples, recipe.rollout.temperature, field="teacher_logprobs")
+    for s in batch.samples:
+        s.advantage = distill_advantages(s.sampler_logprobs, s.teacher_logprobs, s.advantage, t.coef, t.reward_weight)
+    trained = [s for s in batch.samples if s.trained]
+    return {"distill/reverse_kl": mean_reverse_kl([(s.sampler_logprobs, s.teacher_logprobs, s.loss_mask)
+                                                   for s in trained])}
+
+
+def _unscored(count: int):
+    """Pure on-policy distillation has no reward functions: every sample scores 0, nothing is graded."""
+    from rl_pipeline.workers.reward import RewardResult
+
+    return RewardResult(total=[0.0] * count, components={}, metrics={})
+
+
+# What the progress line shows, when the step has it (a run without rewards has no accuracy).
+_PROGRESS = {"reward": "reward/total/mean", "acc": "train/accuracy", "rkl": "distill/reverse_kl"}
 
 
 def reward_columns(prompts: list[Prompt], completions: list[list]) -> dict[str, list]:
@@ -295,14 +335,16 @@ def _generate(actors: _Actors, prompts: list[Prompt], n: int, seed: int) -> list
                                    columns=[p.columns for p in prompts])
 
 
-def _rollout_stats(flat, scored, correct_component: str, threshold: float, generate_s: float) -> dict:
+def _rollout_stats(flat, scored, correct_component: str | None, threshold: float, generate_s: float) -> dict:
     lengths = [len(c.token_ids) for c in flat]
-    correct = [s is not None and s >= threshold for s in scored.components[correct_component]]
+    graded = {}
+    if correct_component is not None:  # None: pure distillation, nothing grades the samples
+        graded = {"reward/total/mean": mean(scored.total), "reward/total/std": pstdev(scored.total),
+                  "train/accuracy": mean(s is not None and s >= threshold
+                                         for s in scored.components[correct_component])}
     return {
         **scored.metrics,
-        "reward/total/mean": mean(scored.total),
-        "reward/total/std": pstdev(scored.total),
-        "train/accuracy": mean(correct),
+        **graded,
         "rollout/response_length_mean": mean(lengths),
         "rollout/response_length_max": float(max(lengths)),
         "rollout/truncated_frac": mean(c.truncated for c in flat),
@@ -311,7 +353,9 @@ def _rollout_stats(flat, scored, correct_component: str, threshold: float, gener
 
 
 def _batch_stats(batch: GRPOBatch) -> dict:
-    advantages = [s.advantage for s in batch.samples] or [0.0]
+    # A distilled sample's advantage is per token: its mean stands for it here.
+    advantages = [(mean(s.advantage) if s.advantage else 0.0) if isinstance(s.advantage, list) else s.advantage
+                  for s in batch.samples] or [0.0]
     return {
         "train/groups_dropped": float(batch.groups_dropped),
         "train/groups_total": float(batch.groups_total),

@@ -1,5 +1,6 @@
 """What a GRPO run or `rlp eval` reads, checked before any actor starts: the model source, the
-reward functions and the accuracy component, tools, prompt lengths, and the prompts themselves.
+reward functions and the accuracy component, tools, prompt lengths, the prompts themselves, and
+an on-policy distillation teacher (its model and vocabulary).
 
 Both drivers (`pipelines/grpo.py`, `pipelines/evaluate.py`) import it; it imports neither.
 """
@@ -18,18 +19,20 @@ class GRPOInputs:
     tokenizer: object
     train: list[Prompt]
     eval: list[Prompt] | None
-    correct_component: str
+    correct_component: str | None  # None: pure on-policy distillation without rewards
 
 
 def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     """Everything that can be wrong with the input, found before any actor starts."""
     from rl_pipeline.workers.reward import component_names, validate
 
-    recipe.require("data", "grpo", "rollout", "rewards")
+    recipe.require("data", "grpo", "rollout")
     try:
         check_model_source(recipe.model.path)
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
+    if recipe.rewards is None:
+        return _check_inputs_without_rewards(recipe)
     try:
         validate(recipe.rewards)
     except InputError:
@@ -40,6 +43,22 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     correct = recipe.grpo.accuracy_reward or names[0]
     if correct not in names:
         raise InputError(f"grpo.accuracy_reward: '{correct}' is not a reward component; components: {names}")
+    return _load_inputs(recipe, correct)
+
+
+def _check_inputs_without_rewards(recipe: Recipe) -> GRPOInputs:
+    """Pure on-policy distillation (teacher.reward_weight 0) needs no reward functions; nothing grades."""
+    if recipe.teacher is None or recipe.teacher.reward_weight > 0:
+        recipe.require("rewards")  # names the missing section
+    if recipe.grpo.eval_every:
+        raise InputError("grpo.eval_every is set but there is no rewards section to grade the evaluation with")
+    inputs = _load_inputs(recipe, None)
+    inputs.eval = None  # nothing to grade it with
+    return inputs
+
+
+def _load_inputs(recipe: Recipe, correct: str | None) -> GRPOInputs:
+    """Prompt lengths, tokenizer, train / eval prompts, and the teacher's model and vocabulary."""
     completion_key, completion_tokens = "rollout.max_tokens", recipe.rollout.max_tokens
     if recipe.tools is not None:
         from rl_pipeline.workers.multiturn import check_tools
@@ -59,4 +78,22 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
         evals = evals[: recipe.grpo.eval_limit] if recipe.grpo.eval_limit else evals
     elif recipe.grpo.eval_every:
         raise InputError("grpo.eval_every is set but data.eval is missing: nothing to evaluate on")
+    if recipe.teacher is not None:
+        check_teacher(recipe, tokenizer)
     return GRPOInputs(tokenizer, train, evals, correct)
+
+
+def check_teacher(recipe: Recipe, student_tokenizer) -> None:
+    """The teacher must exist and share the student's vocabulary: its logprobs are of the student's token ids."""
+    teacher = recipe.teacher.model
+    try:
+        check_model_source(teacher.path)
+    except FileNotFoundError as exc:
+        raise InputError(f"teacher.model.path: {exc}") from None
+    vocab = load_tokenizer(teacher.tokenizer or teacher.path, teacher.trust_remote_code).get_vocab()
+    student = student_tokenizer.get_vocab()
+    if vocab != student:
+        differ = sorted(set(vocab.items()) ^ set(student.items()))[:3]
+        raise InputError(f"teacher.model: the tokenizer of {teacher.tokenizer or teacher.path} does not share the "
+                         f"student's vocabulary ({len(vocab)} vs {len(student)} tokens; e.g. {differ}): the teacher "
+                         "must score the student's token ids")

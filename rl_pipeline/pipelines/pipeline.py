@@ -19,6 +19,9 @@ Every stage recipe is `common` deep-merged with the stage's own `recipe`, with "
 replaced, and all of them are validated before anything runs. Stage i writes to
 {run_dir}/{name}/; a finished stage leaves STAGE_DONE.json and is skipped on rerun, a stage
 that stopped half-way resumes from its last checkpoint.
+
+On-policy distillation is a `kind: grpo` stage whose recipe has a `teacher:` section (e.g. the
+teacher "{run_dir}/expert/final_model" of an earlier stage, when it shares the student's tokenizer).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The reference model: a frozen copy of the starting policy that computes per-token logprobs
 of given sequences for the KL term, at the sampling temperature (softmax(logits / T), as the
-trainer scores pi_theta). Started only when grpo.kl_coef > 0."""
+trainer scores pi_theta). Started only when grpo.kl_coef > 0.
+
+The on-policy distillation teacher is the same role with the teacher's model (recipe `teacher:`):
+a frozen causal LM scoring the student's sampled tokens, filling `teacher_logprobs`."""
 
 from __future__ import annotations
 
@@ -48,23 +51,25 @@ class ReferenceGroup:
 
     @classmethod
     def start(cls, model: ModelConfig, replicas: int = 1, cpus: float = 0.25, gpus: float = 0.0,
-              device: str = "auto", strategy: str = "PACK", placement=None) -> "ReferenceGroup":
-        """`placement` (a group.Placement from rl_pipeline.cluster) overrides cpus, gpus and strategy."""
+              device: str = "auto", strategy: str = "PACK", placement=None, role: str = "reference") -> "ReferenceGroup":
+        """`placement` (a group.Placement from rl_pipeline.cluster) overrides cpus, gpus and strategy;
+        `role` names the actors ("teacher" for a distillation teacher)."""
         from rl_pipeline.workers.group import ActorGroup, Placement, Resources
 
         placement = placement or Placement(Resources(cpus=cpus, gpus=gpus), strategy)
-        group = ActorGroup.start("reference", ReferenceWorker, replicas, init_args=[(model, device)] * replicas,
+        group = ActorGroup.start(role, ReferenceWorker, replicas, init_args=[(model, device)] * replicas,
                                  **placement.group_kwargs())
         return cls(group)
 
-    def add_logprobs(self, samples, temperature: float = 1.0) -> None:
-        """Fill `ref_logprobs` of every GRPOSample in place, at the sampling `temperature`."""
+    def add_logprobs(self, samples, temperature: float = 1.0, field: str = "ref_logprobs") -> None:
+        """Fill `field` (ref_logprobs, or teacher_logprobs for a distillation teacher) of every
+        GRPOSample in place, at the sampling `temperature`."""
         rows = [s.as_row() for s in samples]
         n = len(self.group)
         chunks = [rows[i * len(rows) // n : (i + 1) * len(rows) // n] for i in range(n)]
         results = self.group.call_each("completion_logprobs", [(c, 16, temperature) for c in chunks])
         for sample, logprobs in zip(samples, [lp for chunk in results for lp in chunk]):
-            sample.ref_logprobs = logprobs
+            setattr(sample, field, logprobs)
 
     def shutdown(self) -> None:
         self.group.shutdown()
