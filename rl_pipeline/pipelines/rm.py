@@ -19,7 +19,7 @@ from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.preferences import load_pairs
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
-from rl_pipeline.pipelines.sft import BatchPlan, eval_shards
+from rl_pipeline.pipelines.sft import BatchPlan, eval_shards, run_trainer
 from rl_pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ def check_rm_inputs(recipe: Recipe) -> RMInputs:
 
 def train_rm(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> RMResult:
     """Run (or resume) reward-model training as the recipe says; returns where the model is."""
-    from rl_pipeline.cluster import connect
-    from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
+    from rl_pipeline.workers.trainer import TrainerSpec
 
     inputs = check_rm_inputs(recipe)
     rm, cfg = recipe.rm, recipe.trainer
@@ -73,18 +72,9 @@ def train_rm(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = F
     log.info("RM: %d pairs, global batch %d, %d steps, run dir %s", len(inputs.train), plan.global_batch,
              plan.total_steps, run.path)
     tracker = Tracker(run.path, recipe.tracking, resume_after_step=start if resume else None)
-    with connect(recipe.cluster):
-        trainer = TrainerGroup.start(TrainerSpec(recipe.model, cfg, plan.total_steps, rm.seed, head="scalar"),
-                                     recipe.cluster.placement_strategy)
-        try:
-            if resumed:
-                trainer.load_state(str(resumed.checkpoint))
-                log.info("resumed from %s at step %d", resumed.checkpoint, start)
-            loss, final_eval = _rm_loop(recipe, plan, trainer, run, tracker, start, inputs)
-            trainer.save_hf(str(run.final_model))
-        finally:
-            tracker.close()
-            trainer.shutdown()
+    spec = TrainerSpec(recipe.model, cfg, plan.total_steps, rm.seed, head="scalar")
+    loss, final_eval = run_trainer(recipe, spec, run, tracker, resumed,
+                                   lambda trainer: _rm_loop(recipe, plan, trainer, run, tracker, start, inputs))
     return RMResult(run.path, run.final_model, plan.total_steps, loss, final_eval)
 
 

@@ -146,8 +146,7 @@ def check_sft_inputs(recipe: Recipe) -> SFTInputs:
 
 def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> SFTResult:
     """Run (or resume) SFT as the recipe says; returns where the final model is."""
-    from rl_pipeline.cluster import connect
-    from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
+    from rl_pipeline.workers.trainer import TrainerSpec
 
     try:
         inputs = check_sft_inputs(recipe)
@@ -161,19 +160,30 @@ def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = 
     log.info("SFT: %d samples, global batch %d, %d steps, run dir %s", len(inputs.train), plan.global_batch,
              plan.total_steps, run.path)
     tracker = Tracker(run.path, recipe.tracking, resume_after_step=start if resume else None)
+    spec = TrainerSpec(recipe.model, cfg, plan.total_steps, sft.seed)
+    loss, steps = run_trainer(recipe, spec, run, tracker, resumed,
+                              lambda trainer: _sft_loop(recipe, plan, trainer, run, tracker, start, inputs))
+    return SFTResult(run.path, run.final_model, steps, loss)
+
+
+def run_trainer(recipe: Recipe, spec, run: RunDir, tracker: Tracker, resumed, loop):
+    """The life of a trainer-only stage (SFT, RM): start the ranks, restore `resumed`, run
+    `loop(trainer)`, write run.final_model, stop the ranks; returns what the loop returned."""
+    from rl_pipeline.cluster import connect
+    from rl_pipeline.workers.trainer import TrainerGroup
+
     with connect(recipe.cluster):
-        trainer = TrainerGroup.start(TrainerSpec(recipe.model, cfg, plan.total_steps, sft.seed),
-                                     recipe.cluster.placement_strategy)
+        trainer = TrainerGroup.start(spec, recipe.cluster.placement_strategy)
         try:
             if resumed:
                 trainer.load_state(str(resumed.checkpoint))
-                log.info("resumed from %s at step %d", resumed.checkpoint, start)
-            loss, steps = _sft_loop(recipe, plan, trainer, run, tracker, start, inputs)
+                log.info("resumed from %s at step %d", resumed.checkpoint, resumed.step)
+            result = loop(trainer)
             trainer.save_hf(str(run.final_model))
         finally:
             tracker.close()
             trainer.shutdown()
-    return SFTResult(run.path, run.final_model, steps, loss)
+    return result
 
 
 def _sft_loop(recipe: Recipe, plan: BatchPlan, trainer, run: RunDir, tracker: Tracker, start: int,
