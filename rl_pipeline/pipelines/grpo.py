@@ -89,13 +89,12 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     """Start every role where `cluster` says (checked against the cluster first); log each role's
     nodes and write them to `run_dir/placement.json`."""
     from rl_pipeline.cluster import plan_grpo, record_placement
+    from rl_pipeline.memory_plan import plan_memory
     from rl_pipeline.weight_sync import WeightSync
     from rl_pipeline.workers.reference import ReferenceGroup
     from rl_pipeline.workers.reward import RewardService
     from rl_pipeline.workers.rollout import RolloutGroup
     from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
-
-    from rl_pipeline.memory_plan import plan_memory
 
     hybrid_on = plan_memory(recipe, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
     plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts

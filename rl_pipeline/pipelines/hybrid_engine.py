@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 from rl_pipeline.config import RecipeError
 from rl_pipeline.workers.trainer.memory import TRAINING_STATES, WEIGHTS
@@ -57,7 +58,7 @@ class HybridEngine:
     def _record(self, name: str, result: dict, timer, phase: str) -> dict:
         self.events.append((name, result["at"]))
         if timer is not None:
-            timer.seconds[phase] = timer.seconds.get(phase, 0.0) + result["seconds"]
+            timer.add(phase, result["seconds"])
         return result
 
     def engines_sleep_for_startup(self) -> None:
@@ -122,16 +123,9 @@ class HybridEngine:
             self._push(None)
 
     def _push(self, timer) -> dict:
-        import time
-
-        start = time.time()
-        if timer is None:
-            stats = self.sync.push(self.policy, self.engines)
-        else:
-            with timer("sync"):
-                stats = self.sync.push(self.policy, self.engines)
-        self.events.append(("push", start))
-        return stats
+        self.events.append(("push", time.time()))
+        with timer("sync") if timer is not None else contextlib.nullcontext():
+            return self.sync.push(self.policy, self.engines)
 
     @contextlib.contextmanager
     def trainer_resident(self, push_after: bool = True):

@@ -19,7 +19,11 @@ class PhaseTimer:
         try:
             yield
         finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+            self.add(phase, time.perf_counter() - t0)
+
+    def add(self, phase: str, seconds: float) -> None:
+        """Count `seconds` of this thread's step as `phase` (e.g. what an actor reports it spent)."""
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
     def add_overlapped(self, seconds: dict[str, float]) -> None:
         """Phases another thread ran while this one worked: reported, not counted against `other`."""

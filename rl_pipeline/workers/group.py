@@ -185,6 +185,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def merge_switches(results: list[dict]) -> dict:
+    """One result for a memory switch (sleep, wake, offload, onload) every actor of a group ran
+    together: the first actor's report, the slowest actor's seconds, the earliest start time."""
+    return {**results[0], "seconds": max(r["seconds"] for r in results), "at": min(r["at"] for r in results)}
+
+
 def node_address() -> tuple[str, int]:
     """(ip, free port) of the node this code runs on; rank 0 hosts the process-group rendezvous."""
     return ray.util.get_node_ip_address(), free_port()

@@ -24,8 +24,8 @@ from typing import Any
 import ray
 
 from rl_pipeline.config import RolloutConfig
-from rl_pipeline.workers.group import ActorGroup, Placement, Resources
 from rl_pipeline.weight_sync.engine_side import EXTENSION
+from rl_pipeline.workers.group import ActorGroup, Placement, Resources, merge_switches
 
 log = logging.getLogger(__name__)
 
@@ -374,10 +374,10 @@ class RolloutGroup:
     # ---- hybrid engine (pipelines/hybrid_engine.py) --------------------------------------------
     def sleep(self, level: int) -> dict[str, float]:
         """Every engine sleeps; the slowest engine's seconds, engine 0's memory after."""
-        return _merge_switch(ray.get([e.sleep.remote(level) for e in self.engines]))
+        return merge_switches(ray.get([e.sleep.remote(level) for e in self.engines]))
 
     def wake_up(self, tags: list[str] | None = None) -> dict[str, float]:
-        return _merge_switch(ray.get([e.wake_up.remote(tags) for e in self.engines]))
+        return merge_switches(ray.get([e.wake_up.remote(tags) for e in self.engines]))
 
     def gpu_memory(self) -> dict[str, float]:
         return ray.get(self.engines[0].gpu_memory.remote())
@@ -437,7 +437,3 @@ class RolloutGroup:
 
     def shutdown(self) -> None:
         self.group.shutdown()
-
-
-def _merge_switch(per_engine: list[dict]) -> dict:
-    return {**per_engine[0], "seconds": max(r["seconds"] for r in per_engine), "at": min(r["at"] for r in per_engine)}

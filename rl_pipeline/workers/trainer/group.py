@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rl_pipeline.workers.group import merge_switches
 from rl_pipeline.workers.trainer.engine import TrainerSpec
 from rl_pipeline.workers.trainer.worker import TrainerWorker
 
@@ -63,18 +64,15 @@ class TrainerGroup:
     # ---- hybrid engine: GPU memory switching (workers/trainer/memory.py) ---------------------
     def offload(self, states) -> dict:
         """Every rank moves `states` to CPU memory; the slowest rank's seconds, rank 0's memory."""
-        return _merge_switch(self.group.call_all("offload", list(states)))
+        return merge_switches(self.group.call_all("offload", list(states)))
 
     def onload(self, states=None) -> dict:
         """Every rank brings its offloaded states (or only `states`) back to the GPU."""
-        return _merge_switch(self.group.call_all("onload", None if states is None else list(states)))
+        return merge_switches(self.group.call_all("onload", None if states is None else list(states)))
 
     def gpu_memory(self, reset_peak: bool = False) -> dict:
         """Rank 0's GPU memory (GiB): allocated, reserved, peak since the last reset, device used."""
         return self.group.call_all("gpu_memory", reset_peak)[0]
-
-    def device_memory_gib(self) -> float:
-        return self.group.call_all("device_memory_gib")[0]
 
     def rm_step(self, shards: list[list[list[dict]]], global_pairs: int, margin_scale: float = 0.0,
                 center_coef: float = 0.0) -> dict:
@@ -131,10 +129,6 @@ class TrainerGroup:
 
     def shutdown(self) -> None:
         self.group.shutdown()
-
-
-def _merge_switch(per_rank: list[dict]) -> dict:
-    return {**per_rank[0], "seconds": max(r["seconds"] for r in per_rank), "at": min(r["at"] for r in per_rank)}
 
 
 def _pair_metrics(results: list[dict]) -> dict[str, float]:

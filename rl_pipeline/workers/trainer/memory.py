@@ -79,8 +79,3 @@ class TrainerMemory:
         if reset_peak:
             torch.cuda.reset_peak_memory_stats()
         return out
-
-    def device_memory_gib(self) -> float:
-        """Total memory of this rank's GPU (0 on CPU): the memory guard's budget."""
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB if \
-            self.device == "cuda" else 0.0
