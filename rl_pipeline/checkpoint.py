@@ -42,6 +42,7 @@ RESUME_MUST_MATCH = (
     "trainer.micro_batch_size",
     "trainer.grad_accum_steps",
     "trainer.precision",
+    "trainer.lora",  # a checkpoint of adapters belongs to their rank and targets
     "sft.seed",
     "rm.seed",
     "grpo.seed",

@@ -115,7 +115,8 @@ def plan_grpo(recipe: Recipe, nodes: list[NodeInfo] | None = None) -> GRPOPlacem
         trainer=Placement(trainer, p.trainer.strategy or strategy, ready_timeout_s=c.ready_timeout_s),
         rollout=Placement(rollout, p.rollout.strategy or strategy, ready_timeout_s=c.ready_timeout_s),
         reward=Placement(pin(p.reward, p.reward.cpus, 0.0), ready_timeout_s=c.ready_timeout_s),
-        reference=None if recipe.grpo.kl_coef == 0 else Placement(
+        # LoRA: the frozen base on the trainer ranks is the reference (adapters off); no role of its own.
+        reference=None if recipe.grpo.kl_coef == 0 or recipe.trainer.lora is not None else Placement(
             pin(p.reference, p.reference.cpus, ref_gpus), p.reference.strategy or strategy,
             ready_timeout_s=c.ready_timeout_s),
     )

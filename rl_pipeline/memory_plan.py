@@ -5,7 +5,8 @@ Estimates, in GiB per GPU (P = parameters, R = trainer ranks that ZeRO shards ov
 - trainer rank: bf16 working weights 2P (ZeRO-3: 2P/R), fp32 master weights 4P/R, Adam moments
   8P/R, gradients 2P/R + 4P/R (the bf16 partition and the fp32 copy of the step) + DeepSpeed's
   reduce bucket (with trainer.offload_optimizer: no master, moments or gradient partitions on the
-  GPU, two buckets), activations of one micro-batch (per token and
+  GPU, two buckets; with trainer.lora the master weights, moments and gradients are those of the
+  adapters alone, L = rank x (in + out) per adapted projection), activations of one micro-batch (per token and
   layer: the tensors a Qwen2/Llama block keeps for backward, or only its input with
   trainer.gradient_checkpointing, plus one block recomputed), the chunked LM head of
   models/logprobs.py, and the CUDA context.
@@ -65,6 +66,13 @@ class ModelShape:
         embeddings = self.vocab * h * (1 if self.tied else 2)
         return self.layers * block + embeddings + h
 
+    def lora_params(self, rank: int, targets: list[str]) -> int:
+        """Adapter parameters: rank x (in + out) for each targeted projection of each block."""
+        h, kv, q, i = self.hidden, self.kv_heads * self.head_dim, self.heads * self.head_dim, self.intermediate
+        sizes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return self.layers * sum(rank * sum(sizes[t]) for t in targets if t in sizes)
+
     def activation_bytes_per_token_layer(self) -> int:
         """bf16 tensors one decoder block keeps for backward per token (fp32 norm inputs)."""
         h, kv, i = self.hidden, self.kv_heads * self.head_dim, self.intermediate
@@ -85,17 +93,20 @@ class Estimate:
 def trainer_estimate(shape: ModelShape, recipe: Recipe) -> Estimate:
     t = recipe.trainer
     P, R = shape.params, t.num_ranks
+    # What the optimiser updates: every weight, or the LoRA adapters alone (the base is frozen).
+    trained = P if t.lora is None else shape.lora_params(t.lora.rank, t.lora.target_modules)
     bf16 = t.precision in ("auto", "bf16")
     shard = R if t.zero_stage >= 1 else 1
     weights = (2 if bf16 else 4) * P / (R if t.zero_stage == 3 else 1)
     if t.offload_params:
         weights = 0.0
-    master = 0.0 if (t.offload_optimizer or not bf16) else 4 * P / shard
-    adam = 0.0 if t.offload_optimizer else 8 * P / shard
+    master = 0.0 if (t.offload_optimizer or not bf16) else 4 * trained / shard
+    adam = 0.0 if t.offload_optimizer else 8 * trained / shard
+    bucket = min(REDUCE_BUCKET_BYTES, 2 * trained)
     if t.offload_optimizer:  # gradients go to the CPU partition as they are reduced: buckets stay
-        grads = 2 * REDUCE_BUCKET_BYTES
+        grads = 2 * bucket
     else:
-        grads = 6 * P / (shard if t.zero_stage >= 2 else 1) + REDUCE_BUCKET_BYTES
+        grads = 6 * trained / (shard if t.zero_stage >= 2 else 1) + bucket
     tokens = t.max_tokens_per_micro_batch or t.micro_batch_size * _max_length(recipe)
     per_layer = shape.activation_bytes_per_token_layer()
     if t.gradient_checkpointing:

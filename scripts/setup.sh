@@ -27,7 +27,7 @@ fi
 
 "$PY" - <<'PYEOF'
 import importlib
-for name in ("torch", "vllm", "ray", "deepspeed", "transformers", "datasets"):
+for name in ("torch", "vllm", "ray", "deepspeed", "transformers", "datasets", "peft"):
     module = importlib.import_module(name)
     print(f"{name:13s} {module.__version__}")
 from transformers import Qwen2ForCausalLM  # fails if a CUDA torchvision is still installed

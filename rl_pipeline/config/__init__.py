@@ -35,6 +35,7 @@ from rl_pipeline.config.sections import (
     DatasetConfig,
     DistillConfig,
     GRPOConfig,
+    LoraConfig,
     ModelConfig,
     PreferencePairsConfig,
     RewardFunctionSpec,
@@ -50,7 +51,8 @@ from rl_pipeline.config.sections import (
 
 __all__ = [
     "CheckpointConfig", "ClusterConfig", "DataConfig", "DatasetConfig", "DistillConfig", "GRPOConfig", "InputError",
-    "ModelConfig", "NodePinning", "PlacementConfig", "PreferencePairsConfig", "RMConfig", "Recipe", "RecipeError",
+    "LoraConfig", "ModelConfig", "NodePinning", "PlacementConfig", "PreferencePairsConfig", "RMConfig", "Recipe",
+    "RecipeError",
     "ReferencePlacement", "RewardFunctionSpec", "RewardPlacement", "RewardsConfig", "RolePlacement", "RolloutConfig",
     "SFTConfig", "Section", "Strategy", "TeacherConfig", "ToolSpec", "ToolsConfig", "TrackingConfig", "TrainerConfig",
     "apply_override", "load_recipe", "parse_recipe", "recipe_to_yaml",

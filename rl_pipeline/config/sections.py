@@ -46,6 +46,40 @@ class DataConfig(Section):
     shuffle: bool = True
 
 
+# The projections of a Qwen2 / Llama decoder block: what "every attention and MLP projection" means.
+LORA_DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Section):
+    """Low-rank adapters (peft's LoRA) on a frozen base: only the adapters and their optimiser
+    states train; the rollout engines get the adapters alone after each step (rl_pipeline/models/lora.py)."""
+
+    rank: int = Field(16, ge=1, description="r, the adapters' rank")
+    alpha: float | None = Field(None, gt=0, description="scale alpha / rank; None = 2 x rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input (training only)")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LORA_DEFAULT_TARGETS),
+        description="module names (last part of the dotted name) that get adapters; every one must exist in "
+        "the model",
+    )
+    merge_on_export: bool = Field(
+        True,
+        description="final_model is the base with the adapters merged in (a plain model for transformers and "
+        "vLLM); the adapters alone are saved beside it in final_adapter/ either way. false: final_model holds "
+        "only the adapters (peft format)",
+    )
+    push: Literal["auto", "adapter", "merged"] = Field(
+        "auto",
+        description="what the rollout engines receive after each step: adapter = the adapter tensors only (vLLM "
+        "serves base + adapter); merged = the full weights with the adapters merged in; auto = adapter "
+        "unless a target module is one vLLM cannot serve adapters on (embed_tokens, lm_head)",
+    )
+
+    @property
+    def scale_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
 class TrainerConfig(Section):
     """The DeepSpeed policy trainer: ranks, ZeRO stage, batch geometry, optimiser."""
 
@@ -79,6 +113,7 @@ class TrainerConfig(Section):
     offload_params: bool = Field(
         False, description="ZeRO-3 parameter offload to CPU memory (DeepSpeed); needs zero_stage 3",
     )
+    lora: LoraConfig | None = Field(None, description="train low-rank adapters on a frozen base instead of every weight")
     cpus_per_rank: float = Field(0.5, ge=0)
     gpus_per_rank: float = Field(0.0, ge=0)
 
@@ -90,6 +125,11 @@ class TrainerConfig(Section):
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (DeepSpeed's ZeRO-Offload)")
         if self.offload_params and self.zero_stage != 3:
             raise ValueError(f"offload_params needs zero_stage 3 (got {self.zero_stage})")
+        if self.lora is not None and self.zero_stage == 3:
+            # The adapter push, the merged export and the trainer-side reference read whole weight
+            # matrices; ZeRO-3 shards them. A frozen bf16 base is small enough to replicate.
+            raise ValueError("lora does not run with zero_stage 3 (the base is frozen and replicated in bf16; "
+                             "use zero_stage 2)")
         return self
 
 

@@ -86,6 +86,10 @@ def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     if callable(getattr(model, "zero_optimization_stage", None)) and model.zero_optimization_stage() == 3:
         return None
     model = getattr(model, "module", model)
+    if callable(getattr(model, "get_base_model", None)):
+        # A peft model (trainer.lora): its adapters live inside the wrapped model's own layers,
+        # so that model's backbone and head run them (and honour disable_adapter).
+        model = model.get_base_model()
     config = getattr(model, "config", None)
     if config is None or any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
         return None

@@ -90,6 +90,7 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     nodes and write them to `run_dir/placement.json`."""
     from rl_pipeline.cluster import plan_grpo, record_placement
     from rl_pipeline.memory_plan import plan_memory
+    from rl_pipeline.models.lora import push_mode
     from rl_pipeline.weight_sync import WeightSync
     from rl_pipeline.workers.reference import ReferenceGroup
     from rl_pipeline.workers.reward import RewardService
@@ -98,10 +99,15 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
 
     hybrid_on = plan_memory(recipe, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
     plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts
+    lora = recipe.trainer.lora
+    adapter_push = lora is not None and push_mode(lora) == "adapter"
+    # Engines serving adapters keep their base across a sleep (level 1): only adapters are pushed.
+    sleep_level = 1 if adapter_push else recipe.rollout.sleep_level
     started = []
     try:
-        started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout))
-        hybrid = HybridEngine(None, started[0], None, recipe.rollout.sleep_level, enabled=hybrid_on)
+        started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout,
+                                          lora_rank=lora.rank if adapter_push else None))
+        hybrid = HybridEngine(None, started[0], None, sleep_level, enabled=hybrid_on)
         hybrid.engines_sleep_for_startup()  # the trainer's start-up needs the card the engines just took
         started.append(None if recipe.rewards is None else RewardService.start(recipe.rewards, placement=plan.reward))
         started.append(None if plan.reference is None else ReferenceGroup.start(
@@ -112,6 +118,8 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
             recipe.teacher.model, recipe.teacher.replicas, device=recipe.trainer.device, placement=plan.teacher,
             role="teacher"))
         engines, scorer, reference, policy, teacher = started
+        if lora is not None and recipe.grpo.kl_coef > 0:
+            reference = policy.as_reference()  # the base with the adapters off, on the trainer ranks
         record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group,
                                    "reward": scorer.actor if scorer else None,
                                    "reference": reference.group if reference else None,
@@ -120,7 +128,11 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
         parts = started + [None] * (5 - len(started))
         _Actors(*parts[:4], sync=None, teacher=parts[4]).shutdown()
         raise
-    sync = WeightSync()
+    sync = WeightSync(adapter_only=adapter_push)
+    if lora is not None:
+        log.info("LoRA rank %d on %s: %s", lora.rank, ", ".join(lora.target_modules),
+                 "engines serve base + adapter; each push sends the adapter only" if adapter_push
+                 else "engines get the merged full weights on each push (trainer.lora.push: merged)")
     hybrid.policy, hybrid.sync = policy, sync
     engines.on_replace = hybrid.refresh_replaced
     if hybrid_on:

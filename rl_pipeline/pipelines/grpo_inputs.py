@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.prompts import Prompt, load_prompts
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
+from rl_pipeline.models.lora import check_lora
 
 
 @dataclass
@@ -31,6 +32,7 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
         check_model_source(recipe.model.path)
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
+    check_lora(recipe.model, recipe.trainer.lora)
     if recipe.rewards is None:
         return _check_inputs_without_rewards(recipe)
     try:

@@ -20,6 +20,7 @@ from rl_pipeline.config import InputError, Recipe, TrainerConfig
 from rl_pipeline.data.loading import detect_format, load_rows
 from rl_pipeline.data.sft import TokenizedSample, generation_target, pack_samples, tokenize_dataset
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
+from rl_pipeline.models.lora import check_lora
 from rl_pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def check_sft_inputs(recipe: Recipe) -> SFTInputs:
     """Everything that can be wrong with the input, found before any actor starts."""
     recipe.require("data", "sft")
     check_model_source(recipe.model.path)
+    check_lora(recipe.model, recipe.trainer.lora)
     sft = recipe.sft
     if sft.eval_every and recipe.data.eval is None:
         raise InputError("sft.eval_every is set but data.eval is missing: nothing to validate on")

@@ -11,6 +11,8 @@ One package, one module per role and per transport:
     parameters; the engine copies from the trainer's memory.
   - `nccl.py` (other GPUs): one NCCL group of trainer rank 0 and every engine worker, a packed
     broadcast per push.
+  - `adapter.py` (trainer.lora, any device): only the LoRA adapter travels (object store); each
+    engine writes it to a shared-memory folder and serves base + adapter under a new LoRA id.
   Under ZeRO-3 every rank gathers each parameter in turn (`tensors.py`); rank 0 sends.
 - `trainer_side.py`: `WeightSender`, the transports' trainer methods as one TrainerWorker mixin.
 - `engine_side.py`: the vLLM worker extension that receives and reloads weights in each engine

@@ -3,13 +3,15 @@
 `WeightSync(device).push(trainer, engines)` is called by the GRPO driver after each update; it
 returns `sync/seconds` and `sync/bytes` for the metrics. The transport is picked on the first
 push (`backend_for`): the object store on CPU; on CUDA, CUDA IPC when trainer rank 0 and engine 0
-report the same GPU, else NCCL.
+report the same GPU, else NCCL. A LoRA run whose engines serve adapters (`adapter_only`) sends
+the adapter alone on every device (adapter.py).
 """
 
 from __future__ import annotations
 
 import logging
 
+from rl_pipeline.weight_sync.adapter import AdapterBackend
 from rl_pipeline.weight_sync.cuda_ipc import CudaIpcBackend
 from rl_pipeline.weight_sync.nccl import NcclBackend
 from rl_pipeline.weight_sync.object_store import ObjectStoreBackend, WeightExporter, WeightLoader
@@ -41,13 +43,17 @@ def backend_for(device: str, trainer=None, engines=None):
 class WeightSync:
     """Push the trainer's weights into every rollout engine; returns sync/seconds and sync/bytes.
 
-    `device` None takes the engines' device on the first push (`RolloutGroup.device`).
+    `device` None takes the engines' device on the first push (`RolloutGroup.device`);
+    `adapter_only` (trainer.lora, engines serving adapters) pushes the LoRA adapter alone.
     """
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, adapter_only: bool = False) -> None:
         self.device = device
         # The CUDA backend depends on where the actors run: picked on the first push.
-        self.backend = backend_for(device) if device == "cpu" else None
+        if adapter_only:
+            self.backend = AdapterBackend()
+        else:
+            self.backend = backend_for(device) if device == "cpu" else None
         self.pushes = 0
 
     def engines_replaced(self) -> None:

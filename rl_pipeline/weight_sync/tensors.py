@@ -22,6 +22,11 @@ class TrainerTensors:
 
         import deepspeed
 
+        if self.spec.trainer.lora is not None:  # the base with the adapters merged (trainer.lora.push: merged)
+            from rl_pipeline.models.lora import merged_weights
+
+            yield from merged_weights(self.engine.module)
+            return
         zero3 = self.spec.trainer.zero_stage == 3
         for name, param in self.engine.module.named_parameters():
             gather = deepspeed.zero.GatheredParameters([param]) if zero3 else contextlib.nullcontext()
@@ -31,7 +36,13 @@ class TrainerTensors:
     def weight_meta(self) -> dict:
         """Names, dtypes and shapes of what `_sync_tensors` sends (no gather needed)."""
         names, dtypes, shapes = [], [], []
-        for name, param in self.engine.module.named_parameters():
+        if self.spec.trainer.lora is not None:
+            from rl_pipeline.models.lora import merged_weights
+
+            named = merged_weights(self.engine.module)
+        else:
+            named = self.engine.module.named_parameters()
+        for name, param in named:
             names.append(name)
             dtypes.append(str(param.dtype).removeprefix("torch."))
             shapes.append(list(getattr(param, "ds_shape", param.shape)))

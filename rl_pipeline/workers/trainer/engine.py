@@ -155,6 +155,10 @@ class TrainerEngine:
             model = load_causal_lm(model_cfg.path, "float32", "cpu", model_cfg.trust_remote_code)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if cfg.lora is not None:  # a frozen base (cast to bf16 by DeepSpeed on CUDA) and trainable adapters
+            from rl_pipeline.models.lora import wrap
+
+            model = wrap(model, cfg.lora, self.spec.head, cfg.gradient_checkpointing)
         schedule = lambda_for(cfg.lr, cfg.min_lr, cfg.warmup_steps, self.spec.total_steps, cfg.schedule)
         per_optimizer_step = self.spec.schedule_unit == "optimizer_step"
         self.engine, _, _, _ = deepspeed.initialize(
@@ -194,13 +198,18 @@ class TrainerEngine:
             group["lr"] = lr
         return lr
 
+    @property
+    def lora(self) -> bool:
+        return self.spec.trainer.lora is not None
+
     def save_state(self, checkpoint_dir: str) -> None:
-        """Model, optimizer, scheduler (DeepSpeed) and this rank's RNG; all ranks call it."""
-        self.engine.save_checkpoint(checkpoint_dir, tag="deepspeed")
+        """Model, optimizer, scheduler (DeepSpeed) and this rank's RNG; all ranks call it. With LoRA
+        the frozen base is left out: it is model.path, loaded again on resume."""
+        self.engine.save_checkpoint(checkpoint_dir, tag="deepspeed", exclude_frozen_parameters=self.lora)
         torch.save(rng_state(), Path(checkpoint_dir) / f"rng_rank{self.rank}.pt")
 
     def load_state(self, checkpoint_dir: str) -> None:
-        path, _ = self.engine.load_checkpoint(checkpoint_dir, tag="deepspeed")
+        path, _ = self.engine.load_checkpoint(checkpoint_dir, tag="deepspeed", load_module_strict=not self.lora)
         if path is None:
             raise RuntimeError(f"rank {self.rank}: no DeepSpeed state in {checkpoint_dir}")
         set_rng_state(torch.load(Path(checkpoint_dir) / f"rng_rank{self.rank}.pt", weights_only=False))
@@ -209,6 +218,10 @@ class TrainerEngine:
         """The unsharded weights on rank 0 (None elsewhere); every rank must call it under ZeRO-3."""
         from rl_pipeline.models.loading import without_tied_duplicates
 
+        if self.lora:  # the base with the adapters merged in (no ZeRO-3 with LoRA: weights are whole)
+            from rl_pipeline.models.lora import merged_weights
+
+            return dict(merged_weights(self.engine.module)) if self.rank == 0 else None
         if self.spec.trainer.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()
         elif self.rank == 0:
@@ -218,14 +231,36 @@ class TrainerEngine:
         return None if state is None else without_tied_duplicates(state)
 
     def save_hf(self, out_dir: str) -> str | None:
-        """Write the model in Hugging Face format (rank 0 writes; all ranks call under ZeRO-3)."""
+        """Write the model in Hugging Face format (rank 0 writes; all ranks call under ZeRO-3).
+
+        With LoRA, out_dir gets the merged model (trainer.lora.merge_on_export) or the adapters
+        alone, and `adapter_dir(out_dir)` the adapters in peft's format either way."""
         from rl_pipeline.models.loading import save_hf_model
 
-        state = self.full_state_dict()
+        if self.lora and not self.spec.trainer.lora.merge_on_export:
+            state = None
+        else:
+            state = self.full_state_dict()
         if self.rank != 0:
             return None
-        save_hf_model(self.engine.module, self.tokenizer, out_dir, state_dict=state)
+        if not self.lora:
+            save_hf_model(self.engine.module, self.tokenizer, out_dir, state_dict=state)
+            return out_dir
+        from rl_pipeline.models.lora import save_adapter
+
+        save_adapter(self.engine.module, adapter_dir(out_dir), self.spec.model.path)
+        if state is None:  # final_model is the adapter (peft's layout) plus the tokenizer
+            save_adapter(self.engine.module, out_dir, self.spec.model.path)
+            self.tokenizer.save_pretrained(out_dir)
+        else:
+            save_hf_model(self.engine.module.get_base_model(), self.tokenizer, out_dir, state_dict=state)
         return out_dir
+
+
+def adapter_dir(model_dir: str | Path) -> Path:
+    """Where a LoRA run's adapters are saved beside an exported model: final_model -> final_adapter."""
+    path = Path(model_dir)
+    return path.with_name(path.name.replace("model", "adapter") if "model" in path.name else path.name + "_adapter")
 
 
 

@@ -91,12 +91,26 @@ class TrainerGroup:
     def export_weights(self):
         """ObjectRef of the full weights (torch.save bytes) from rank 0; the driver never
         fetches it, engines do. Waits until every rank took part (ZeRO-3 gathers)."""
+        return self._rank0_ref("export_weights")
+
+    def export_adapter(self):
+        """ObjectRef of rank 0's LoRA adapter (weight_sync/adapter.py), for the engines to fetch."""
+        return self._rank0_ref("export_adapter")
+
+    def _rank0_ref(self, method: str):
         import ray
 
-        refs = [actor.export_weights.remote() for actor in self.group.actors]
+        refs = [getattr(actor, method).remote() for actor in self.group.actors]
         ray.get(refs[1:])  # the other ranks return None; this surfaces their errors
         ray.wait(refs[:1])
         return refs[0]
+
+    def as_reference(self):
+        """LoRA: the reference model is the base with the adapters switched off, on these ranks
+        (no second copy of the model); used where a ReferenceGroup would be."""
+        from rl_pipeline.workers.reference import ReferenceGroup
+
+        return ReferenceGroup(self.group, method="base_logprobs", owns_actors=False)
 
     def node_ids(self) -> list[str]:
         return self.group.call_all("node_id")

@@ -74,6 +74,15 @@ class GRPOSteps:
             shares[key] = shares.get(key, 0.0) + float(value)
         return loss
 
+    def base_logprobs(self, rows: list[dict], micro_batch_size: int = 16, temperature: float = 1.0) -> list[list[float]]:
+        """LoRA's reference: completion logprobs of the frozen base (adapters off) on this rank."""
+        from rl_pipeline.workers.reference import completion_logprobs
+
+        self.engine.eval()
+        with self.engine.module.disable_adapter():
+            return completion_logprobs(self.engine, self.tokenizer.pad_token_id, self.engine.device, rows,
+                                       micro_batch_size, temperature)
+
     @torch.no_grad()
     def score(self, rows: list[dict], temperature: float = 1.0) -> list[list[float]]:
         """log p of each completion token under the current weights at `temperature` (the
