@@ -157,7 +157,9 @@ def check_memory_plan(recipe: Recipe, shape: ModelShape, device_gib: float, hybr
             problems.append(f"{trainer.describe()} > the {device_gib:.1f} GiB card: change {trainer_keys}")
         # During generation the trainer keeps its context, and with trainer.offload_optimizer its
         # bf16 weights (workers/trainer/memory.py leaves them: host memory goes to the optimizer).
-        resident = CUDA_CONTEXT_GIB + (trainer.parts["weights"] if recipe.trainer.offload_optimizer else 0.0)
+        # With trainer.lora the frozen base is not an optimizer state: it stays too.
+        keeps_weights = recipe.trainer.offload_optimizer or recipe.trainer.lora is not None
+        resident = CUDA_CONTEXT_GIB + (trainer.parts["weights"] if keeps_weights else 0.0)
         if hybrid and engine.gib + resident > device_gib:
             problems.append(f"{engine.describe()} next to the offloaded trainer ({resident:.1f} GiB) > the "
                             f"{device_gib:.1f} GiB card: lower rollout.gpu_memory_utilization")

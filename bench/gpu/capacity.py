@@ -14,7 +14,11 @@ memory. Modes:
 - hybrid-ckpt: hybrid plus `trainer.gradient_checkpointing=true`;
 - large: recipes/gpu/grpo_1gpu_large.yaml as shipped (hybrid engine, engine 0.8, gradient
   checkpointing, master weights + Adam moments + optimiser step in CPU memory);
-- 2gpu: recipes/gpu/grpo_2gpu.yaml (trainer and engine on their own GPUs, overlapped generation).
+- 2gpu: recipes/gpu/grpo_2gpu.yaml (trainer and engine on their own GPUs, overlapped generation);
+- lora: grpo_1gpu.yaml (static split, as `static`) with `trainer.lora.rank=16` on every projection
+  and LoRA's lr: the same run as `static` but training adapters;
+- lora-large: recipes/gpu/grpo_1gpu_lora.yaml as shipped (rank 16, gradient checkpointing, engine
+  0.45 of the card, hybrid engine only if the memory plan asks for it).
 
 Printed per configuration: steps completed (or the error's last lines), s/step and trained tokens/s
 per GPU (mean of steps after the first), the switches (wake + sleep + offload + onload seconds)
@@ -41,6 +45,7 @@ from scaling import GpuMemoryMonitor  # noqa: E402
 from vs_trl import write_prompts  # noqa: E402
 
 ONE_GPU, TWO_GPUS, LARGE = "recipes/gpu/grpo_1gpu.yaml", "recipes/gpu/grpo_2gpu.yaml", "recipes/gpu/grpo_1gpu_large.yaml"
+LORA = "recipes/gpu/grpo_1gpu_lora.yaml"
 # mode -> (recipe, overrides)
 MODES = {
     "static": (ONE_GPU, {"cluster.hybrid_engine": "false"}),
@@ -49,6 +54,9 @@ MODES = {
                               "trainer.gradient_checkpointing": "true"}),
     "large": (LARGE, {}),
     "2gpu": (TWO_GPUS, {}),
+    "lora": (ONE_GPU, {"cluster.hybrid_engine": "false", "trainer.lora.rank": 16, "trainer.lr": 1e-5,
+                       "trainer.min_lr": 1e-5}),
+    "lora-large": (LORA, {}),
 }
 
 
@@ -98,6 +106,8 @@ def run_config(args, model: str, mode: str, data: Path) -> dict:
             "step_s": mean(r["time/step"] for r in steady),
             "tokens_per_s_gpu": mean(r["throughput/tokens_per_s"] for r in steady) / gpus,
             "switch_s": mean(switch), "completion": mean(r["rollout/response_length_mean"] for r in steady),
+            "sync_mb": mean(r["sync/bytes"] for r in steady) / 1e6, "sync_s": mean(r["sync/seconds"] for r in steady),
+            "gap_mean": max(r["rollout/logprob_diff_mean"] for r in steady),
             "phases": {k.removeprefix("time/"): mean(r.get(k, 0.0) for r in steady)
                        for k in sorted({k for r in steady for k in r if k.startswith("time/")})},
             "memory": {k.removeprefix("memory/"): max(r.get(k, 0.0) for r in steady)
@@ -109,18 +119,19 @@ def run_config(args, model: str, mode: str, data: Path) -> dict:
 def report(results: list[dict], card_gib: float) -> None:
     print(f"\n## GRPO capacity on {card_gib:.0f} GiB cards (vocab {common.QWEN_VOCAB}, random weights, "
           "every completion to max tokens)")
-    print("| model | mode | GPUs | steps | s/step | tokens/s/GPU | switches s (share) | engine GiB gen/train | "
+    print("| model | mode | GPUs | steps | s/step | tokens/s/GPU | switches s (share) | sync MB / s | engine GiB gen/train | "
           "trainer GiB gen/train peak | nvidia-smi peak GiB per role |")
-    print("|---|---|---:|---:|---:|---:|---|---|---|---|")
+    print("|---|---|---:|---:|---:|---:|---|---|---|---|---|")
     for r in results:
         roles = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["roles"].items()))
         if "step_s" not in r:
             print(f"| {r['model']} ({r['params'] / 1e9:.2f}B) | {r['mode']} | {r['gpus']} | {r['steps']} | FAILED: "
-                  f"{r.get('error', '')} | | | | | {roles} |")
+                  f"{r.get('error', '')} | | | | | | {roles} |")
             continue
         m = r["memory"]
         print(f"| {r['model']} ({r['params'] / 1e9:.2f}B) | {r['mode']} | {r['gpus']} | {r['steps']} | {r['step_s']:.1f} "
               f"| {r['tokens_per_s_gpu']:,.0f} | {r['switch_s']:.2f} ({r['switch_s'] / r['step_s']:.1%}) "
+              f"| {r['sync_mb']:,.1f} / {r['sync_s']:.2f} "
               f"| {m.get('engine_gib/generate', float('nan')):.1f} / {m.get('engine_gib/train', float('nan')):.1f} "
               f"| {m.get('trainer_gib/generate', float('nan')):.1f} / {m.get('trainer_peak_gib/train', float('nan')):.1f} "
               f"| {roles} |")
@@ -128,7 +139,8 @@ def report(results: list[dict], card_gib: float) -> None:
     for r in results:
         if "phases" in r:
             print(f"  {r['model']} {r['mode']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items())
-                  + f"; mean completion {r['completion']:.0f}")
+                  + f"; mean completion {r['completion']:.0f}; sampler/trainer gap mean (max over steps) "
+                  f"{r['gap_mean']:.4f}")
     print("\nmemory plan estimates (GiB) against the measured peaks:")
     for r in results:
         print(f"  {r['model']} {r['mode']}: {r['plan'] or 'no estimate logged'}")

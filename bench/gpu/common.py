@@ -29,6 +29,9 @@ MODELS = {
     "3b": dict(layers=36, hidden=2048, heads=16, kv_heads=2, intermediate=11008, max_positions=4096),
     "7b": dict(layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944, max_positions=4096,
                tie_embeddings=False),
+    # Qwen2.5-14B's blocks (14.8B with the 151,936-id vocabulary): ~30 GB of bf16 on disk.
+    "14b": dict(layers=48, hidden=5120, heads=40, kv_heads=8, intermediate=13824, max_positions=4096,
+                tie_embeddings=False),
 }
 # Qwen2.5's vocabulary size: with it the LM head and the logits cost what they cost on real models.
 QWEN_VOCAB = 151_936

@@ -132,3 +132,21 @@ def sequence_logprobs(
         return torch.zeros(labels.shape, dtype=values.dtype, device=values.device).masked_scatter(picked, values)
 
     return spread(logp), (spread(entropy) if with_entropy else None)
+
+
+@torch.no_grad()
+def completion_logprobs(model, pad_id: int, device, rows: list[dict], micro_batch_size: int = 16,
+                        temperature: float = 1.0) -> list[list[float]]:
+    """For each row (input_ids, prompt_len): `model`'s logprobs of its completion tokens at `temperature`."""
+    from rl_pipeline.batch import collate_grpo
+
+    out: list[list[float]] = []
+    for i in range(0, len(rows), micro_batch_size):
+        chunk = [{**r, "trained": True, "ref_logprobs": None} for r in rows[i : i + micro_batch_size]]
+        batch = collate_grpo(chunk, pad_id, device)
+        logp, _ = sequence_logprobs(model, batch["input_ids"], None, batch["position_ids"],
+                                    temperature=temperature, positions=batch["mask"])
+        for row, values in zip(chunk, logp.float().cpu()):
+            start = row["prompt_len"] - 1
+            out.append(values[start : start + len(row["input_ids"]) - row["prompt_len"]].tolist())
+    return out

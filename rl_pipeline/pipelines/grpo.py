@@ -119,7 +119,8 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
             role="teacher"))
         engines, scorer, reference, policy, teacher = started
         if lora is not None and recipe.grpo.kl_coef > 0:
-            reference = policy.as_reference()  # the base with the adapters off, on the trainer ranks
+            # The reference is the base with the adapters off, on the trainer ranks (no actor of its own).
+            reference = ReferenceGroup(policy.group, method="base_logprobs", owns_actors=False)
         record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group,
                                    "reward": scorer.actor if scorer else None,
                                    "reference": reference.group if reference else None,

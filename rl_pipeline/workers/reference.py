@@ -6,8 +6,8 @@ The on-policy distillation teacher is the same role with the teacher's model (re
 a frozen causal LM scoring the student's sampled tokens, filling `teacher_logprobs`.
 
 A LoRA run starts no reference role: its base is frozen on the trainer ranks, so the reference
-logprobs come from there with the adapters switched off (`TrainerGroup.as_reference`, the
-trainer's `base_logprobs`), through the same `completion_logprobs`."""
+logprobs come from there with the adapters switched off (a ReferenceGroup over the trainer ranks
+calling their `base_logprobs`), through the same `completion_logprobs`."""
 
 from __future__ import annotations
 
@@ -31,26 +31,10 @@ class ReferenceWorker:
     def completion_logprobs(self, rows: list[dict], micro_batch_size: int = 16,
                             temperature: float = 1.0) -> list[list[float]]:
         """For each row (input_ids, prompt_len): logprobs of its completion tokens at `temperature`."""
+        from rl_pipeline.models.logprobs import completion_logprobs
+
         return completion_logprobs(self.model, self.pad_id, self.device, rows, micro_batch_size, temperature)
 
-
-@torch.no_grad()
-def completion_logprobs(model, pad_id: int, device, rows: list[dict], micro_batch_size: int = 16,
-                        temperature: float = 1.0) -> list[list[float]]:
-    """For each row (input_ids, prompt_len): `model`'s logprobs of its completion tokens at `temperature`."""
-    from rl_pipeline.batch import collate_grpo
-    from rl_pipeline.models.logprobs import sequence_logprobs
-
-    out: list[list[float]] = []
-    for i in range(0, len(rows), micro_batch_size):
-        chunk = [{**r, "trained": True, "ref_logprobs": None} for r in rows[i : i + micro_batch_size]]
-        batch = collate_grpo(chunk, pad_id, device)
-        logp, _ = sequence_logprobs(model, batch["input_ids"], None, batch["position_ids"],
-                                    temperature=temperature, positions=batch["mask"])
-        for row, values in zip(chunk, logp.float().cpu()):
-            start = row["prompt_len"] - 1
-            out.append(values[start : start + len(row["input_ids"]) - row["prompt_len"]].tolist())
-    return out
 
 
 class ReferenceGroup:

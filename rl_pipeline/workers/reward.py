@@ -45,7 +45,7 @@ import ray
 import rewards
 from rewards import sandbox
 from rewards.pool import FunctionSpec, Outcome, SamplePool, Task
-from rl_pipeline.config import InputError, RewardFunctionSpec, RewardsConfig
+from rl_pipeline.config import InputError, RewardsConfig
 
 logger = logging.getLogger(__name__)
 

@@ -165,6 +165,36 @@ def test_hybrid_engine_hands_most_of_the_card_to_each_side_in_turn(gpu_ray, smal
         assert row["rollout/logprob_diff_mean"] < GAP_MEAN_BOUND and row["rollout/logprob_diff_max"] < GAP_MAX_BOUND
 
 
+def test_lora_grpo_pushes_only_adapters_through_hybrid_turns(gpu_ray, small_model, tmp_path):
+    """trainer.lora on the hybrid engine: the engines sleep at level 1 (their base survives), wake,
+    and take the adapter alone; they then sample what the trainer scores (bf16 gap bound), each
+    push is the adapter's bf16 bytes, and the KL reference is the trainer's base (no actor)."""
+    from rl_pipeline.config import LoraConfig
+    from rl_pipeline.pipelines.grpo import train_grpo
+
+    recipe = hybrid_recipe(small_model, tmp_path, steps=3)
+    recipe.trainer.lr = recipe.trainer.min_lr = 1e-4
+    recipe.trainer.lora = LoraConfig(rank=16)
+    recipe.grpo.kl_coef = 0.01
+    result = train_grpo(recipe, run_dir=tmp_path / "run")
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/step" in r]
+    print(json.dumps([{k: v for k, v in r.items() if k.startswith(("sync/", "rollout/logprob", "policy/kl"))}
+                      for r in rows], indent=1))
+    from rl_pipeline.memory_plan import ModelShape
+
+    shape = ModelShape.from_config(json.loads((small_model / "config.json").read_text()))
+    adapter_bytes = 2 * shape.lora_params(16, recipe.trainer.lora.target_modules)  # bf16
+    placement = json.loads((result.run_dir / "placement.json").read_text())
+    assert not placement.get("reference")
+    for row in rows:
+        assert adapter_bytes <= row["sync/bytes"] < 1.1 * adapter_bytes, (row["sync/bytes"], adapter_bytes)
+    for row in rows[1:]:
+        assert row["rollout/logprob_diff_mean"] < GAP_MEAN_BOUND and row["rollout/logprob_diff_max"] < GAP_MAX_BOUND
+    assert rows[-1]["policy/kl_ref"] > 0
+    assert (result.run_dir / "final_adapter" / "adapter_config.json").exists()
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the separated layout needs two GPUs")
 def test_a_replaced_engine_rejoins_the_nccl_group_with_the_current_weights(gpu_ray, small_model):
     """Kill the engine (a fault injected on purpose), train on: the replacement gets the trainer's

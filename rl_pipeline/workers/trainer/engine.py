@@ -148,11 +148,14 @@ class TrainerEngine:
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo")
         seed_everything(self.spec.seed + self.rank)
         self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, model_cfg.trust_remote_code)
-        # Master weights stay fp32; DeepSpeed's bf16 mode casts the working copy.
+        # Master weights stay fp32; DeepSpeed's bf16 mode casts the working copy. A LoRA base is
+        # frozen (no master copy): in bf16 it is read straight in, without a float32 pass in host memory.
+        bf16 = deepspeed_config(cfg, self.device, self.world_size)["bf16"]["enabled"]
+        base_dtype = "bfloat16" if cfg.lora is not None and bf16 else "float32"
         if self.spec.head == "scalar":
             model = load_scalar_head_model(model_cfg.path, self.tokenizer, model_cfg.trust_remote_code)
         else:
-            model = load_causal_lm(model_cfg.path, "float32", "cpu", model_cfg.trust_remote_code)
+            model = load_causal_lm(model_cfg.path, base_dtype, "cpu", model_cfg.trust_remote_code)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.lora is not None:  # a frozen base (cast to bf16 by DeepSpeed on CUDA) and trainable adapters

@@ -105,13 +105,6 @@ class TrainerGroup:
         ray.wait(refs[:1])
         return refs[0]
 
-    def as_reference(self):
-        """LoRA: the reference model is the base with the adapters switched off, on these ranks
-        (no second copy of the model); used where a ReferenceGroup would be."""
-        from rl_pipeline.workers.reference import ReferenceGroup
-
-        return ReferenceGroup(self.group, method="base_logprobs", owns_actors=False)
-
     def node_ids(self) -> list[str]:
         return self.group.call_all("node_id")
 

@@ -76,7 +76,7 @@ class GRPOSteps:
 
     def base_logprobs(self, rows: list[dict], micro_batch_size: int = 16, temperature: float = 1.0) -> list[list[float]]:
         """LoRA's reference: completion logprobs of the frozen base (adapters off) on this rank."""
-        from rl_pipeline.workers.reference import completion_logprobs
+        from rl_pipeline.models.logprobs import completion_logprobs
 
         self.engine.eval()
         with self.engine.module.disable_adapter():
