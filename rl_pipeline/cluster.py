@@ -25,7 +25,14 @@ from rl_pipeline.atomic import atomic_write_text
 from rl_pipeline.config import ClusterConfig, Recipe, RecipeError
 from rl_pipeline.ray_reaper import watch
 from rl_pipeline.workers.group import (
-    ActorGroup, Demand, NodeInfo, Placement, Resources, SharedBundles, actor_node_id, check_cluster_fits,
+    ActorGroup,
+    Demand,
+    NodeInfo,
+    Placement,
+    Resources,
+    SharedBundles,
+    actor_node_id,
+    check_cluster_fits,
     cluster_nodes,
 )
 
