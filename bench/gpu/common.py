@@ -93,6 +93,11 @@ def build_model(work: Path, name: str, vocab_size: int | None = None) -> tuple[P
         # 30 GB of RAM and minutes of init, and the trainer and engines load bf16 as they are.
         device = "cuda" if torch.cuda.is_available() else "cpu"
         build_tiny_model(out, TinyModelSpec(**MODELS[name], vocab_size=vocab_size), dtype="bfloat16", device=device)
+        if device == "cuda":  # hand the build's cached blocks back: the run's engines need the card
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
     return out, count_params(out)
 
 
