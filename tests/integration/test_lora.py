@@ -112,7 +112,7 @@ def test_lora_grpo_merged_push_and_exact_resume(ray_local, partly_trained_model,
     assert diff < 1e-5, f"the resumed LoRA run ends {diff} away from the uninterrupted one"
 
 
-def test_lora_reward_model_trains_adapters_and_its_head_and_exports_a_classifier(ray_local, tiny_model_dir, pairs,
+def test_lora_reward_model_trains_adapters_and_its_head_and_exports_a_classifier(ray_local, tiny_model_dir, pairs,  # noqa: F811
                                                                                   tmp_path):
     """rlp rm with trainer.lora: the adapters and the new score head train (the loss falls); the
     export is a plain sequence classifier whose body differs from the base only in the adapted
