@@ -75,7 +75,8 @@ def run(args, work: Path) -> None:
     if args.raw:
         runs["RM raw score, no KL, seed 0"] = ["grpo.kl_coef=0.0", rm_only("")]
     if args.control:
-        runs["math reward (control), seed 0"] = ["rewards.functions=[{name: math, weight: 1.0, kwargs: {answer_after: null}}]"]
+        math_only = "rewards.functions=[{name: math, weight: 1.0, kwargs: {answer_after: null}}]"
+        runs["math reward (control), seed 0"] = [math_only]
     curves = {}
     for name, overrides in runs.items():
         t = time.perf_counter()
