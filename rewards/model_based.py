@@ -7,7 +7,13 @@ is a local path or a hub name, loaded the same way.
 
 ``reward_model``: a Hugging Face ``AutoModelForSequenceClassification``; the score of a
 (prompt, completion) pair is the logit of ``label_index`` (the only logit of a 1-label reward
-model), optionally through a sigmoid. Input format ``auto`` uses the tokenizer's chat template
+model), optionally through a sigmoid. With ``threshold`` the reward is a verdict instead: 1.0 where
+the score is above it, else 0.0, i.e. the RM used as a verifier. A policy optimised against a
+learned RM's raw score is rewarded for every quirk of its ranking, including among answers that
+are all wrong (reward hacking); a verdict keeps only "right or not", so GRPO drops groups the RM
+judges all wrong (or all right), as it does for a rule-based 0/1 reward. An RM trained with
+``rm.center_rewards_coef`` scores chosen and rejected sides around 0, so 0 is its threshold.
+Input format ``auto`` uses the tokenizer's chat template
 (user turn = prompt, assistant turn = completion) when it has one, else sentence-pair
 encoding (cross-encoder style); ``pair`` and ``chat`` force one of them.
 
@@ -52,6 +58,7 @@ class RewardModel:
         label_index: int = 0,
         sigmoid: bool = False,
         input_format: str = "auto",
+        threshold: float | None = None,
         device: str | None = None,
         dtype: str = "float32",
         trust_remote_code: bool = False,
@@ -73,14 +80,14 @@ class RewardModel:
         has_template = getattr(self.tokenizer, "chat_template", None) is not None
         self.use_chat = input_format == "chat" or (input_format == "auto" and has_template)
         self.batch_size, self.max_length = batch_size, max_length
-        self.label_index, self.sigmoid = label_index, sigmoid
+        self.label_index, self.sigmoid, self.threshold = label_index, sigmoid, threshold
 
     def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         scores: list[float] = []
         for start in range(0, len(completions), self.batch_size):
             end = start + self.batch_size
             scores.extend(self.score_batch(prompts[start:end], completions[start:end]))
-        return scores
+        return scores if self.threshold is None else verdicts(scores, self.threshold)
 
     def score_batch(self, prompts: list[str], completions: list[str]) -> list[float]:
         import torch
@@ -102,6 +109,11 @@ class RewardModel:
         if self.sigmoid:
             logits = torch.sigmoid(logits)
         return logits.cpu().tolist()
+
+
+def verdicts(scores: list[float], threshold: float) -> list[float]:
+    """1.0 for a score strictly above `threshold`, else 0.0 (a tie is not a pass)."""
+    return [1.0 if score > threshold else 0.0 for score in scores]
 
 
 @register("judge")

@@ -241,3 +241,26 @@ def test_pairs_prompt_template_is_what_the_sampling_model_sees(tiny_model_dir, t
     decode = load_tokenizer(str(tiny_model_dir)).decode
     assert decode(prompt_ids("{prompt}")) == "1+1="  # as grpo.prompt_template "{prompt}" shows the policy
     assert decode(prompt_ids(None)) == "<|user|>1+1=<|end|><|assistant|>"
+
+
+def test_verdicts_pass_scores_strictly_above_the_threshold():
+    from rewards.model_based import verdicts
+
+    assert verdicts([0.5, 0.0, -1.2, 3.0], 0.0) == [1.0, 0.0, 0.0, 1.0]
+    assert verdicts([0.5, 0.0, -1.2], -2.0) == [1.0, 1.0, 1.0]
+
+
+def test_reward_model_with_a_threshold_gives_the_verdict_of_its_own_scores(tiny_model_dir):
+    """The same model, the same inputs: with `threshold` every score becomes 1.0 above it, else 0.0
+    (the tiny causal LM gets a fresh scalar head, seeded alike for both loads, so its scores
+    differ from pair to pair and match between the two)."""
+    from rewards.model_based import RewardModel
+
+    prompts, completions = ["07+45="] * 6, ["52", "53", "62", "5", "522", "x"]
+    torch.manual_seed(0)
+    scores = RewardModel(str(tiny_model_dir), input_format="pair")(prompts, completions)
+    middle = sorted(scores)[2]
+    torch.manual_seed(0)
+    judged = RewardModel(str(tiny_model_dir), input_format="pair", threshold=middle)(prompts, completions)
+    assert judged == [1.0 if s > middle else 0.0 for s in scores]
+    assert sorted(judged) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
