@@ -19,6 +19,7 @@ from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.preferences import load_pairs
 from rl_pipeline.models.loading import check_model_source, load_tokenizer
+from rl_pipeline.models.lora import check_lora
 from rl_pipeline.pipelines.sft import BatchPlan, eval_shards, run_trainer
 from rl_pipeline.tracking import Tracker
 
@@ -47,6 +48,7 @@ def check_rm_inputs(recipe: Recipe) -> RMInputs:
     recipe.require("data", "rm")
     try:
         check_model_source(recipe.model.path)
+        check_lora(recipe.model, recipe.trainer.lora, head="scalar")
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
     rm, data = recipe.rm, recipe.data

@@ -87,7 +87,9 @@ def test_pipeline_runs_stages_in_order_and_reports(tmp_path):
 def test_ctrl_c_mid_grpo_stops_cleanly_and_rerun_finishes(tmp_path):
     recipe, run_dir = small_demo(tmp_path), tmp_path / "demo"
     raw = yaml.safe_load(recipe.read_text())
-    raw["stages"][-1]["recipe"]["grpo"]["steps"] = 40
+    # Long enough to be mid-GRPO when the first checkpoint (step 2) appears and Ctrl-C follows
+    # within half a second; short enough that the rerun's remaining steps take seconds.
+    raw["stages"][-1]["recipe"]["grpo"]["steps"] = 12
     recipe.write_text(yaml.safe_dump(raw))
     # A terminal's foreground job has SIGINT at its default; a suite started in the background
     # (`pytest &` in a script) would pass "ignore SIGINT" down to the pipeline, so restore it.
@@ -112,4 +114,4 @@ def test_ctrl_c_mid_grpo_stops_cleanly_and_rerun_finishes(tmp_path):
                            capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]
     steps = [r["step"] for r in read_metrics(run_dir / "grpo" / "metrics.jsonl")]
-    assert steps == sorted(set(steps)) and steps[-1] == 40
+    assert steps == sorted(set(steps)) and steps[-1] == 12
