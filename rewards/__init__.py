@@ -35,10 +35,10 @@ import importlib.metadata
 import importlib.util
 import inspect
 import logging
-from math import isnan  # not `import math`: the submodule rewards.math would shadow it
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import isnan  # not `import math`: the submodule rewards.math would shadow it
 from pathlib import Path
 from typing import Any
 

@@ -11,7 +11,6 @@ calling their `base_logprobs`), through the same `completion_logprobs`."""
 
 from __future__ import annotations
 
-
 from rl_pipeline.config import ModelConfig
 
 
