@@ -59,13 +59,43 @@ def processes_in_group(pgid: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_stages_in_order_and_reports(tmp_path):
+def test_pipeline_stops_cleanly_on_ctrl_c_then_finishes_every_stage_in_order_and_reports(tmp_path):
+    """One small-demo run (the stages cost a minute of start-ups each time) checked twice: Ctrl-C
+    mid-GRPO stops cleanly, and the rerun finishes it, having run every stage once in order, with
+    a report; a third run skips every stage."""
     recipe, run_dir = small_demo(tmp_path), tmp_path / "demo"
-    proc = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    starts = [m.group(1) for m in re.finditer(r"stage (\w+) \(\w+\): starting", proc.stderr)]
+    raw = yaml.safe_load(recipe.read_text())
+    # Long enough to be mid-GRPO when the first checkpoint (step 2) appears and Ctrl-C follows
+    # within half a second; short enough that the rerun's remaining steps take seconds.
+    raw["stages"][-1]["recipe"]["grpo"]["steps"] = 12
+    recipe.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "first_run.log"
+    # A terminal's foreground job has SIGINT at its default; a suite started in the background
+    # (`pytest &` in a script) would pass "ignore SIGINT" down to the pipeline, so restore it.
+    with log.open("w") as out:
+        proc = subprocess.Popen([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
+                                stdout=subprocess.DEVNULL, stderr=out, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        latest = run_dir / "grpo" / "checkpoints" / "latest"
+        deadline = time.time() + 1200
+        while not latest.exists() and time.time() < deadline:
+            assert proc.poll() is None, "the pipeline ended before GRPO checkpointed"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+        assert proc.wait(timeout=120) != 0
+    deadline = time.time() + 30  # Ray takes a few seconds to stop
+    while (left := processes_in_group(proc.pid)) and time.time() < deadline:
+        time.sleep(1)
+    assert not left, f"processes of the interrupted run are still alive: {left}"
+    assert not (run_dir / "grpo" / "STAGE_DONE.json").exists()
+    assert not list(run_dir.rglob("*.tmp")), "a half-written file was left behind"
+    starts = [m.group(1) for m in re.finditer(r"stage (\w+) \(\w+\): starting", log.read_text())]
     assert starts == ORDER
+
+    again = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
+                           capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already finished, skipped") == len(ORDER) - 1, "only GRPO was left to finish"
     for name in ORDER:
         assert (run_dir / name / "STAGE_DONE.json").exists(), name
     report = (run_dir / "report.md").read_text()
@@ -73,45 +103,11 @@ def test_pipeline_runs_stages_in_order_and_reports(tmp_path):
         row = re.search(rf"^\| {label} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", report, re.M)
         assert row, f"no numeric row for {label} in report.md:\n{report}"
     assert (run_dir / "curves.png").stat().st_size > 1000
-    grpo_rows = read_metrics(run_dir / "grpo" / "metrics.jsonl")
-    assert [r["step"] for r in grpo_rows] == list(range(0, 7))
+    steps = [r["step"] for r in read_metrics(run_dir / "grpo" / "metrics.jsonl")]
+    assert steps == list(range(0, 13)), "each GRPO step (and the step-0 evaluation) exactly once across the resume"
     assert any((run_dir / "grpo" / "tensorboard").iterdir())
 
-    again = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
+    third = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
                            capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("already finished, skipped") == len(ORDER)
-
-
-@pytest.mark.slow
-def test_ctrl_c_mid_grpo_stops_cleanly_and_rerun_finishes(tmp_path):
-    recipe, run_dir = small_demo(tmp_path), tmp_path / "demo"
-    raw = yaml.safe_load(recipe.read_text())
-    # Long enough to be mid-GRPO when the first checkpoint (step 2) appears and Ctrl-C follows
-    # within half a second; short enough that the rerun's remaining steps take seconds.
-    raw["stages"][-1]["recipe"]["grpo"]["steps"] = 12
-    recipe.write_text(yaml.safe_dump(raw))
-    # A terminal's foreground job has SIGINT at its default; a suite started in the background
-    # (`pytest &` in a script) would pass "ignore SIGINT" down to the pipeline, so restore it.
-    proc = subprocess.Popen([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    latest = run_dir / "grpo" / "checkpoints" / "latest"
-    deadline = time.time() + 1200
-    while not latest.exists() and time.time() < deadline:
-        assert proc.poll() is None, "the pipeline ended before GRPO checkpointed"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
-    assert proc.wait(timeout=120) != 0
-    deadline = time.time() + 30  # Ray takes a few seconds to stop
-    while (left := processes_in_group(proc.pid)) and time.time() < deadline:
-        time.sleep(1)
-    assert not left, f"processes of the interrupted run are still alive: {left}"
-    assert not (run_dir / "grpo" / "STAGE_DONE.json").exists()
-    assert not list(run_dir.rglob("*.tmp")), "a half-written file was left behind"
-
-    again = subprocess.run([RLP, "pipeline", str(recipe), "--run-dir", str(run_dir)],
-                           capture_output=True, text=True, timeout=1200)
-    assert again.returncode == 0, again.stderr[-3000:]
-    steps = [r["step"] for r in read_metrics(run_dir / "grpo" / "metrics.jsonl")]
-    assert steps == sorted(set(steps)) and steps[-1] == 12
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stderr.count("already finished, skipped") == len(ORDER)
