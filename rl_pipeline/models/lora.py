@@ -111,9 +111,10 @@ def save_adapter(peft_model, out_dir: str | Path, base_path: str) -> Path:
     return out
 
 
-def merged_weights(peft_model) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_weights(peft_model, merge: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, weight) of the base with the adapters merged in, one tensor at a time,
-    computed (base + scale * B @ A) without touching the module; tied tensors once."""
+    computed (base + scale * B @ A) without touching the module; tied tensors once. `merge` False
+    yields the base tensors under the same names (same shapes and dtypes, no B @ A computed)."""
     from peft.tuners.lora import LoraLayer
 
     inner = peft_model.get_base_model()
@@ -129,7 +130,7 @@ def merged_weights(peft_model) -> Iterator[tuple[str, torch.Tensor]]:
         plain = name.replace(".base_layer.", ".").replace(f".modules_to_save.{ADAPTER}.", ".")
         owner, _, leaf = plain.rpartition(".")
         value = tensor.detach()
-        if leaf == "weight" and owner in lora_layers:
+        if merge and leaf == "weight" and owner in lora_layers:
             with torch.no_grad():
                 value = value + lora_layers[owner].get_delta_weight(ADAPTER).to(value.dtype)
         yield plain, value

@@ -20,11 +20,12 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rl_pipeline.weight_sync.object_store import ObjectStoreBackend
 
 
 def encode_adapter(tensors: dict[str, torch.Tensor], config: dict) -> bytes:
@@ -49,26 +50,21 @@ class AdapterSender:
         return encode_adapter(adapter_tensors(self.engine.module), adapter_config(self.engine.module))
 
 
-class AdapterBackend:
-    """Driver side: one object-store copy of the adapter, loaded by every engine under a new id."""
+class AdapterBackend(ObjectStoreBackend):
+    """Driver side: the object-store push with the adapter instead of the full weights, loaded by
+    every engine under a new LoRA id."""
 
     name = "lora_adapter"
 
     def __init__(self) -> None:
         self.version = 0  # the LoRA id of the latest push (vLLM ids start at 1)
 
-    def push(self, trainer, engines) -> dict[str, float]:
-        start = time.perf_counter()
-        adapter_ref = trainer.export_adapter()
-        exported = time.perf_counter()
+    def export(self, trainer):
+        return trainer.export_adapter()
+
+    def load(self, engines, ref) -> dict[str, float]:
         self.version += 1
-        stats = engines.load_adapter(adapter_ref, self.version)
-        return {
-            "sync/seconds": time.perf_counter() - start,
-            "sync/bytes": float(stats["sync/bytes"]),
-            "sync/export_seconds": exported - start,
-            "sync/load_seconds": float(stats["sync/seconds"]),
-        }
+        return engines.load_adapter(ref, self.version)
 
 
 def _shared_memory_root() -> str | None:

@@ -33,11 +33,17 @@ class ObjectStoreBackend:
 
     name = "object_store"
 
+    def export(self, trainer: WeightExporter):
+        return trainer.export_weights()
+
+    def load(self, engines: WeightLoader, ref) -> dict[str, float]:
+        return engines.load_weights(ref)
+
     def push(self, trainer: WeightExporter, engines: WeightLoader) -> dict[str, float]:
         start = time.perf_counter()
-        weights_ref = trainer.export_weights()
+        ref = self.export(trainer)
         exported = time.perf_counter()
-        stats = engines.load_weights(weights_ref)
+        stats = self.load(engines, ref)
         return {
             "sync/seconds": time.perf_counter() - start,
             "sync/bytes": float(stats["sync/bytes"]),

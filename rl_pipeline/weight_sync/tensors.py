@@ -23,9 +23,7 @@ class TrainerTensors:
         import deepspeed
 
         if self.spec.trainer.lora is not None:  # the base with the adapters merged (trainer.lora.push: merged)
-            from rl_pipeline.models.lora import merged_weights
-
-            yield from merged_weights(self.engine.module)
+            yield from self._lora_weights(merge=True)
             return
         zero3 = self.spec.trainer.zero_stage == 3
         for name, param in self.engine.module.named_parameters():
@@ -33,13 +31,16 @@ class TrainerTensors:
             with gather:
                 yield name, param.detach()
 
+    def _lora_weights(self, merge: bool):
+        from rl_pipeline.models.lora import merged_weights
+
+        return merged_weights(self.engine.module, merge=merge)
+
     def weight_meta(self) -> dict:
         """Names, dtypes and shapes of what `_sync_tensors` sends (no gather needed)."""
         names, dtypes, shapes = [], [], []
-        if self.spec.trainer.lora is not None:
-            from rl_pipeline.models.lora import merged_weights
-
-            named = merged_weights(self.engine.module)
+        if self.spec.trainer.lora is not None:  # names and shapes of the merge, without computing it
+            named = self._lora_weights(merge=False)
         else:
             named = self.engine.module.named_parameters()
         for name, param in named:

@@ -231,8 +231,8 @@ class RolloutEngine:
             self.adapters.remove(previous)
         # Prefix-cache keys include the adapter, so old blocks are never reused; free them anyway.
         self.llm.reset_prefix_cache()
-        return {"seconds": time.perf_counter() - start, "bytes": float(len(blob)),
-                "reload_s": time.perf_counter() - start}
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "bytes": float(len(blob)), "reload_s": seconds}
 
 
     # ---- CUDA weight sync and sleep mode (rl_pipeline.weight_sync drives these) ----------------
@@ -385,11 +385,23 @@ class RolloutGroup:
         if not isinstance(weights_ref, ray.ObjectRef):
             raise TypeError(f"load_weights takes a ray.ObjectRef of torch.save bytes, got {type(weights_ref).__name__}")
         self.weights_ref = weights_ref
+        return self._load_on_every_engine("load_weights", weights_ref)
+
+    def load_adapter(self, adapter_ref: ray.ObjectRef, version: int) -> dict[str, float]:
+        """LoRA push: every engine serves the adapter behind `adapter_ref` under LoRA id `version`
+        from now on. Returns sync/seconds (until all engines have it loaded) and sync/bytes."""
+        self.adapter = (adapter_ref, version)
+        return self._load_on_every_engine("load_adapter", adapter_ref, version)
+
+    def _load_on_every_engine(self, method: str, *args) -> dict[str, float]:
+        """Every engine runs `method(*args)` (load_weights, load_adapter). Returns sync/seconds
+        (until all engines hold it), sync/bytes (one copy) and the slowest engine's reload time.
+        A replacement started meanwhile loads the latest weights or adapter as it starts
+        (`_replace`), so its share is not sent again and its result stands in."""
         start = time.perf_counter()
-        # A replacement started here already loads weights_ref; its result stands in.
         results = self._gather(
-            {i: (lambda i: self.engines[i].load_weights.remote(weights_ref)) for i in range(len(self.engines))},
-            what="load_weights",
+            {i: (lambda i: getattr(self.engines[i], method).remote(*args)) for i in range(len(self.engines))},
+            what=method,
             resend_after_restart=False,
         )
         loaded = [r for r in results.values() if r is not None]
@@ -398,20 +410,6 @@ class RolloutGroup:
             "sync/bytes": loaded[0]["bytes"] if loaded else 0.0,
             "sync/engine_reload_s_max": max((r["reload_s"] for r in loaded), default=0.0),
         }
-
-    def load_adapter(self, adapter_ref: ray.ObjectRef, version: int) -> dict[str, float]:
-        """LoRA push: every engine serves the adapter behind `adapter_ref` under LoRA id `version`
-        from now on. Returns sync/seconds (until all engines have it loaded) and sync/bytes."""
-        self.adapter = (adapter_ref, version)
-        start = time.perf_counter()
-        results = self._gather(
-            {i: (lambda i: self.engines[i].load_adapter.remote(adapter_ref, version)) for i in range(len(self.engines))},
-            what="load_adapter",
-            resend_after_restart=False,  # a replacement loads self.adapter as it starts
-        )
-        loaded = [r for r in results.values() if r is not None]
-        return {"sync/seconds": time.perf_counter() - start, "sync/bytes": loaded[0]["bytes"] if loaded else 0.0,
-                "sync/engine_reload_s_max": max((r["reload_s"] for r in loaded), default=0.0)}
 
     # ---- hybrid engine (pipelines/hybrid_engine.py) --------------------------------------------
     def sleep(self, level: int) -> dict[str, float]:

@@ -59,6 +59,10 @@ def test_merged_weights_equal_peft_merge_and_leave_the_module_untouched(tiny_mod
     before = {k: v.clone() for k, v in model.state_dict().items()}
     merged = dict(merged_weights(model))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "merging must not touch the model"
+    unmerged = dict(merged_weights(model, merge=False))  # what the NCCL push announces before sending
+    assert [(k, v.shape, v.dtype) for k, v in unmerged.items()] == [(k, v.shape, v.dtype) for k, v in merged.items()]
+    assert torch.equal(unmerged["model.layers.0.self_attn.q_proj.weight"],
+                       before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
     reference = model.merge_and_unload().state_dict()
     reference.pop("lm_head.weight")  # tied to the embedding: stored once, as in HF checkpoints
     assert merged.keys() == reference.keys()
