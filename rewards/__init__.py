@@ -186,8 +186,8 @@ class RewardFn:
     def _validate(self, raw: Any, n: int) -> list[float | None]:
         if not isinstance(raw, (list, tuple)) and not hasattr(raw, "tolist"):
             raise RewardOutputError(
-                f"reward {self.name!r} ({_qualname(self.target)}) returned {type(raw).__name__}; "
-                f"expected a list of {n} scores"
+                f"reward {self.name!r} ({_qualname(self.target)}) returned {_shown(raw)} "
+                f"({type(raw).__name__}); expected a list of {n} scores"
             )
         scores = list(raw.tolist() if hasattr(raw, "tolist") else raw)
         if len(scores) != n:
@@ -214,6 +214,12 @@ class RewardFn:
                 )
             out.append(float(score))
         return out
+
+
+def _shown(value: Any) -> str:
+    """What a function returned, short enough for a one-line error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _resolve(name_or_path: str) -> Callable[..., Any]:

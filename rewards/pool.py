@@ -7,6 +7,11 @@ process group) talking over a pipe; a sample that runs past its deadline gets it
 whole process group SIGKILLed and a fresh worker started, and is reported as a timeout. A
 worker that dies (segfault, out of memory) is replaced and its sample reported as an error.
 
+A batch has one deadline too (``deadline``, a ``time.monotonic()`` instant): when it passes,
+the samples still running are killed as above and those not yet started are not run; all of
+them are reported as timeouts. So a batch never takes longer than its deadline, however many
+samples it has and however slow the function is (not samples x timeout / workers).
+
 Functions are named as in :func:`rewards.get` (registered name, ``module:function``,
 ``/abs/path/file.py:function``) and resolved inside each worker, so the pool works the same
 from a plain script, a test, or a Ray actor.
@@ -95,22 +100,39 @@ class SamplePool:
         self.workers = [_Worker(self.specs) for _ in range(num_workers)]
         self.restarts = 0
 
-    def run(self, tasks: list[Task], timeout_s: float) -> list[Outcome]:
+    def run(self, tasks: list[Task], timeout_s: float, deadline: float = float("inf")) -> list[Outcome]:
+        """One Outcome per task: each sample within ``timeout_s``, the whole batch by ``deadline``
+        (a ``time.monotonic()`` instant; samples not scored by then are timeouts)."""
         outcomes: list[Outcome | None] = [None] * len(tasks)
         queue = deque(range(len(tasks)))
         while queue or any(w.task is not None for w in self.workers):
+            if time.monotonic() >= deadline:
+                self._stop(queue, outcomes, "the batch deadline")
+                break
             for worker in self.workers:
                 if worker.ready and worker.task is None and queue:
                     self._send(worker, queue.popleft(), tasks, timeout_s, outcomes)
             waiting = [w for w in self.workers if w.task is not None or not w.ready]
-            wait_s = max(0.0, min(w.deadline for w in waiting) - time.monotonic())
+            wait_s = max(0.0, min([w.deadline for w in waiting] + [deadline]) - time.monotonic())
             ready = wait([w.reader for w in waiting], timeout=wait_s)
             for worker in waiting:
                 if worker.reader in ready:
-                    self._receive(worker, outcomes)
+                    if self._receive(worker, outcomes) == "invalid":
+                        # A function that breaks the API fails the batch: no need to score the rest.
+                        self._stop(queue, outcomes, "a function's invalid output")
+                        return outcomes  # type: ignore[return-value]
                 elif time.monotonic() >= worker.deadline:
                     self._expire(worker, outcomes, timeout_s)
         return outcomes  # type: ignore[return-value]
+
+    def _stop(self, queue: deque[int], outcomes: list[Outcome | None], why: str) -> None:
+        """Kill the samples in flight and give up on the queued ones (timeouts, naming `why`)."""
+        for worker in list(self.workers):
+            if worker.task is not None:
+                outcomes[worker.task] = Outcome("timeout", error=f"still running at {why}")
+                self._replace(worker)  # its replacement starts now, ready before the next batch
+        while queue:
+            outcomes[queue.popleft()] = Outcome("timeout", error=f"not started by {why}")
 
     def _expire(self, worker: _Worker, outcomes: list[Outcome | None], timeout_s: float) -> None:
         if worker.task is None:
@@ -128,7 +150,8 @@ class SamplePool:
             return
         worker.task, worker.deadline = index, time.monotonic() + timeout_s
 
-    def _receive(self, worker: _Worker, outcomes: list[Outcome | None]) -> None:
+    def _receive(self, worker: _Worker, outcomes: list[Outcome | None]) -> str | None:
+        """Read the worker's message; returns the status of the sample it finished, if any."""
         try:
             message = worker.reader.recv()
         except (EOFError, OSError):
@@ -137,13 +160,14 @@ class SamplePool:
             code = worker.proc.wait()
             outcomes[worker.task] = Outcome("error", error=f"reward worker process died (exit code {code})")
             self._replace(worker)
-            return
+            return "error"
         if message == "ready":
             worker.ready = True
-            return
+            return None
         index, outcome = message
         outcomes[index] = outcome
         worker.task = None
+        return outcome.status
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()

@@ -248,6 +248,8 @@ class RewardsConfig(Section):
     functions: list[RewardFunctionSpec]
     num_workers: int = Field(2, ge=1, description="worker pool size inside the reward service")
     timeout_s: float = Field(10.0, gt=0, description="per-sample timeout")
+    batch_timeout_s: float = Field(60.0, gt=0, description="deadline of scoring one batch, all functions together; "
+                                   "samples not scored by then score failure_score and count as timeouts")
     failure_score: float = Field(0.0, description="score of a sample whose function raised or timed out")
 
 

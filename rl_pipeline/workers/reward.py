@@ -13,15 +13,24 @@ How functions run. Rule-based functions (math, format, code, user functions) run
 time in a pool of ``num_workers`` worker processes (``rewards.pool``); a sample that runs past
 ``timeout_s`` has its worker killed and replaced, which works from any thread (unlike
 ``signal.alarm``). Stateful rewards (classes: ``reward_model``, ``judge``) get the whole batch at
-once; under :class:`RewardService` each lives in its own Ray actor (``num_gpus`` in its kwargs
-sizes it), under :class:`RewardScorer` in-process. Their time limit is ``timeout_s`` per sample,
-summed over the batch; an actor that overruns is killed and restarted on the next call, an
-in-process one is abandoned on its thread (it cannot be stopped) and rebuilt.
+once, at the same time as the pool works; under :class:`RewardService` each lives in its own Ray
+actor (``num_gpus`` in its kwargs sizes it), under :class:`RewardScorer` in-process.
+
+One deadline per batch. Scoring a batch, all functions together, ends ``batch_timeout_s`` after
+it starts, however many samples and however slow a function: samples still running are killed,
+samples not started are not run, a stateful reward still busy is given up (an actor is killed and
+restarted on the next call; an in-process one is abandoned on its thread, which cannot be
+stopped, and rebuilt). All of those count as timeouts.
 
 Failures. A sample whose function raised or timed out scores ``failure_score`` in its component,
 is counted in ``reward/errors`` or ``reward/timeouts``, and the first traceback per function is
-logged; scoring goes on. A function that breaks the API (wrong number of scores, a non-numeric
-score) raises :class:`RewardFunctionError` naming it: that is a bug, not a bad sample.
+logged (in the service actor's log); scoring goes on. ``RewardResult.failures`` carries each
+failing function's first message of the batch to the driver, where :class:`RewardService` puts
+one line per function on the console (:class:`FailureLog`, rate-limited). A function that breaks
+the API (a score list of the wrong length, ``None`` or a string instead of a list, a non-numeric
+score) raises :class:`RewardFunctionError`, one line naming it, the batch row and what it
+returned: that is a bug to fix, not a bad sample, and the first batch (before any training step)
+shows it.
 
 Totals. ``total[i] = sum_c weight_c * components[c][i]``, where a ``None`` component score
 ("not applicable") counts as 0. Component means (``reward/<name>/mean``) leave out ``None``.
@@ -52,8 +61,12 @@ logger = logging.getLogger(__name__)
 ACTOR_ONLY_KWARGS = ("num_gpus",)  # stateful-reward kwargs that size the hosting actor
 
 
-class RewardFunctionError(RuntimeError):
-    """A reward function broke the API (wrong count, non-numeric score): a bug to fix."""
+REPORT_EVERY_S = 60.0  # the console repeats a failing function's line at most this often
+
+
+class RewardFunctionError(InputError):
+    """A reward function broke the API (wrong count, non-numeric score): a bug to fix, reported
+    in one line like any bad input."""
 
 
 @dataclass
@@ -63,6 +76,7 @@ class RewardResult:
     total: list[float]
     components: dict[str, list[float | None]]
     metrics: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # component -> first failure message (one line)
 
 
 def component_names(config: RewardsConfig) -> list[str]:
@@ -148,16 +162,17 @@ class InProcessHost:
         self.fn.build()  # construct now: loading a model is not part of any sample's time
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{self.name}")
 
-    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list],
-                 timeout_s: float) -> list[float | None]:
-        future = self.executor.submit(self.fn, prompts, completions, **columns)
+    def submit(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> Any:
+        return self.executor.submit(self.fn, prompts, completions, **columns)
+
+    def collect(self, future: Any, timeout_s: float) -> list[float | None]:
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeout:
-            logger.error("reward %r overran %.1f s; abandoning its thread and rebuilding it", self.name, timeout_s)
+            logger.error("reward %r overran the batch deadline; abandoning its thread and rebuilding it", self.name)
             self.executor.shutdown(wait=False)
             self._build()
-            raise TimeoutError(f"reward {self.name!r} timed out after {timeout_s:g} s") from None
+            raise TimeoutError("not finished by the batch deadline (rewards.batch_timeout_s)") from None
 
     def close(self) -> None:
         self.executor.shutdown(wait=False)
@@ -185,18 +200,22 @@ class RewardScorer:
         columns = dict(columns or {})
         _check_lengths(prompts, completions, columns)
         start = time.monotonic()
-        outcomes = self._run_functions(prompts, completions, columns)
+        deadline = start + self.config.batch_timeout_s  # one deadline for every function of the batch
+        pending = {i: _submit(host, prompts, completions, columns) for i, host in self.hosts.items()}
+        outcomes = self._run_functions(prompts, completions, columns, deadline)
         for i, host in self.hosts.items():
-            outcomes[i] = self._run_stateful(i, host, prompts, completions, columns)
-        components = {name: self._scores(name, outs) for name, outs in zip(self.names, outcomes)}
+            outcomes[i] = self._collect_stateful(i, host, pending[i], len(completions), deadline)
+        failures: dict[str, str] = {}
+        components = {name: self._scores(i, name, outs, prompts, completions, failures)
+                      for i, (name, outs) in enumerate(zip(self.names, outcomes))}
         weights = {name: spec.weight for name, spec in zip(self.names, self.specs)}
         total = [sum(weights[n] * (components[n][j] or 0.0) for n in self.names) for j in range(len(completions))]
         metrics = _metrics(components, outcomes, self.names, total)
         metrics["reward/time_s"] = time.monotonic() - start
-        return RewardResult(total=total, components=components, metrics=metrics)
+        return RewardResult(total=total, components=components, metrics=metrics, failures=failures)
 
     def _run_functions(self, prompts: list[str], completions: list[str],
-                       columns: dict[str, list]) -> list[list[Outcome]]:
+                       columns: dict[str, list], deadline: float) -> list[list[Outcome]]:
         outcomes: list[list[Outcome]] = [[] for _ in self.specs]
         pool_index = [i for i, st in enumerate(self.stateful) if not st]
         if not pool_index or not completions:
@@ -205,33 +224,37 @@ class RewardScorer:
             Task(k, prompts[j], completions[j], {key: values[j] for key, values in columns.items()})
             for k in range(len(pool_index)) for j in range(len(completions))
         ]
-        flat = self.pool.run(tasks, self.config.timeout_s)
+        flat = self.pool.run(tasks, self.config.timeout_s, deadline)
         n = len(completions)
         for k, i in enumerate(pool_index):
             outcomes[i] = flat[k * n:(k + 1) * n]
         return outcomes
 
-    def _run_stateful(self, i: int, host: Any, prompts: list[str], completions: list[str],
-                      columns: dict[str, list]) -> list[Outcome]:
-        budget = self.config.timeout_s * max(1, len(completions))
+    def _collect_stateful(self, i: int, host: Any, handle: Any, n: int, deadline: float) -> list[Outcome]:
         try:
-            scores = host(prompts, completions, columns, budget)
+            if isinstance(handle, BaseException):  # the submit itself failed (e.g. the actor's restart)
+                raise handle
+            scores = host.collect(handle, max(0.0, deadline - time.monotonic()))
         except rewards.RewardOutputError as exc:
-            raise RewardFunctionError(str(exc)) from None
+            raise RewardFunctionError(f"rewards.functions[{i}]: {exc}") from None
         except TimeoutError as exc:
-            return [Outcome("timeout", error=str(exc))] * len(completions)
+            return [Outcome("timeout", error=str(exc))] * n
         except Exception as exc:  # noqa: BLE001 - any failure of a reward is a failed batch
-            return [Outcome("error", error=_describe(exc))] * len(completions)
+            return [Outcome("error", error=_describe(exc))] * n
         return [Outcome("ok", score=s) for s in scores]
 
-    def _scores(self, name: str, outcomes: list[Outcome]) -> list[float | None]:
+    def _scores(self, i: int, name: str, outcomes: list[Outcome], prompts: list[str], completions: list[str],
+                failures: dict[str, str]) -> list[float | None]:
         scores: list[float | None] = []
         for row, outcome in enumerate(outcomes):
             if outcome.status == "invalid":
-                raise RewardFunctionError(f"{outcome.error} (batch row {row})")
+                raise RewardFunctionError(
+                    f"rewards.functions[{i}]: {outcome.error} (batch row {row}: prompt {_clip(prompts[row])}, "
+                    f"completion {_clip(completions[row])}; the pool calls it with one sample at a time)")
             if outcome.status == "ok":
                 scores.append(outcome.score)
                 continue
+            failures.setdefault(name, first_message(outcome.error))
             if name not in self._logged:
                 self._logged.add(name)
                 logger.error("reward %r failed on batch row %d (%s; scored %g; later failures of this "
@@ -271,6 +294,25 @@ def _check_lengths(prompts: list[str], completions: list[str], columns: dict[str
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _submit(host: Any, prompts: list[str], completions: list[str], columns: dict[str, list]) -> Any:
+    """Start a stateful reward on the batch; a failure to start is returned, to count as its errors."""
+    try:
+        return host.submit(prompts, completions, columns)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def first_message(error: str | None) -> str:
+    """The line of a failure worth a console line: a traceback's last line (``ValueError: ...``)."""
+    lines = [line.strip() for line in (error or "").strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else "(no message)"
+    return line if len(line) <= 200 else line[:200] + "..."
 
 
 def _metrics(components: dict[str, list[float | None]], outcomes: list[list[Outcome]],
@@ -321,17 +363,18 @@ class ActorHost:
         ray.get(actor.__ray_ready__.remote())
         return actor
 
-    def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list],
-                 timeout_s: float) -> list[float | None]:
+    def submit(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> ray.ObjectRef:
         if self.actor is None:
             self.actor = self._start()
-        ref = self.actor.score.remote(prompts, completions, columns)
+        return self.actor.score.remote(prompts, completions, columns)
+
+    def collect(self, ref: ray.ObjectRef, timeout_s: float) -> list[float | None]:
         try:
             return ray.get(ref, timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
-            logger.error("reward %r overran %.1f s; restarting its actor", self.name, timeout_s)
+            logger.error("reward %r overran the batch deadline; restarting its actor", self.name)
             self.close()
-            raise TimeoutError(f"reward {self.name!r} timed out after {timeout_s:g} s") from None
+            raise TimeoutError("not finished by the batch deadline (rewards.batch_timeout_s)") from None
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, rewards.RewardOutputError):
                 raise exc.cause from None
@@ -356,11 +399,47 @@ class _RewardServiceActor:
         self.scorer.close()
 
 
-class RewardService:
-    """The reward service as the driver sees it: a Ray actor plus blocking/async score calls."""
+class FailureLog:
+    """The console's view of failing reward functions (driver side): one line per function with
+    its name, how many samples raised or timed out, and the first message; a function that keeps
+    failing is repeated at most every ``every_s`` seconds, with the counts since its last line."""
 
-    def __init__(self, actor: Any) -> None:
+    def __init__(self, config: RewardsConfig, every_s: float = REPORT_EVERY_S) -> None:
+        self.config, self.every_s = config, every_s
+        self.counts: dict[str, list[int]] = {}  # name -> [raised, timed out, samples, batches] not yet shown
+        self.shown_at: dict[str, float] = {}
+
+    def report(self, result: RewardResult) -> None:
+        for name, first in result.failures.items():
+            raised = int(result.metrics.get(f"reward/{name}/errors", 0))
+            timed_out = int(result.metrics.get(f"reward/{name}/timeouts", 0))
+            counts = self.counts.setdefault(name, [0, 0, 0, 0])
+            for k, value in enumerate((raised, timed_out, len(result.total), 1)):
+                counts[k] += value
+            now = time.monotonic()
+            if now - self.shown_at.get(name, -self.every_s) >= self.every_s:
+                self.shown_at[name] = now
+                logger.warning(self.line(name, self.counts.pop(name), first))
+
+    def line(self, name: str, counts: list[int], first: str) -> str:
+        raised, timed_out, samples, batches = counts
+        what = ", ".join(part for part in (f"{raised} raised" if raised else "",
+                                           f"{timed_out} timed out" if timed_out else "") if part)
+        where = f"in {batches} batches" if batches > 1 else "in this batch"
+        limits = (f"; limits: rewards.timeout_s {self.config.timeout_s:g} s a sample, rewards.batch_timeout_s "
+                  f"{self.config.batch_timeout_s:g} s a batch" if timed_out else "")
+        return (f"reward {name!r}: {what} of {samples} samples {where}, scored {self.config.failure_score:g}; "
+                f"first: {first}{limits}")
+
+
+class RewardService:
+    """The reward service as the driver sees it: a Ray actor plus blocking/async score calls.
+    :meth:`score` reports failing functions on the console and raises a function's API breach
+    as the one-line :class:`RewardFunctionError`, not as the actor's traceback."""
+
+    def __init__(self, actor: Any, config: RewardsConfig) -> None:
         self.actor = actor
+        self.failure_log = FailureLog(config)
 
     @classmethod
     def start(cls, config: RewardsConfig, *, name: str | None = None, placement=None) -> RewardService:
@@ -378,18 +457,30 @@ class RewardService:
                            label_selector=res.labels or None)
         actor = _RewardServiceActor.options(**options).remote(config)
         ray.get(actor.__ray_ready__.remote())
-        return cls(actor)
+        return cls(actor, config)
 
     def score(self, prompts: list[str], completions: list[str],
               columns: dict[str, list] | None = None) -> RewardResult:
-        return ray.get(self.score_async(prompts, completions, columns))
+        try:
+            result = ray.get(self.score_async(prompts, completions, columns))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, RewardFunctionError):
+                raise exc.cause from None  # its one line, not the actor's traceback around it
+            raise
+        self.failure_log.report(result)
+        return result
 
     def score_async(self, prompts: list[str], completions: list[str],
                     columns: dict[str, list] | None = None) -> ray.ObjectRef:
         return self.actor.score.remote(prompts, completions, columns)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = 10.0) -> None:
+        """Close the pool and the reward actors, then kill the service actor. A service still
+        scoring (a Ctrl-C mid-batch) runs its calls in order, so `close` would wait for the batch:
+        after `wait_s` (0 on an interrupt) the kill alone ends it; its pool workers die with it."""
         try:
-            ray.get(self.actor.close.remote())
+            ray.get(self.actor.close.remote(), timeout=wait_s)
+        except ray.exceptions.GetTimeoutError:
+            pass
         finally:
             ray.kill(self.actor)

@@ -35,6 +35,21 @@ FAULTS = textwrap.dedent("""
 
     def words(prompts, completions, **_):
         return ["many" for _ in completions]
+
+    def nothing(prompts, completions, **_):
+        return None
+
+    def text(prompts, completions, **_):
+        return "0.5"
+
+    def sleeps(prompts, completions, **_):
+        time.sleep(30)                # injected fault: far past any batch deadline below
+        return [0.0]
+
+    def picky(prompts, completions, **_):
+        if completions[0].startswith("1"):
+            raise ValueError(f"cannot grade {completions[0]!r}")
+        return [1.0]
 """)
 
 
@@ -99,12 +114,56 @@ def test_timeout_is_per_sample_not_per_batch(faults_file):
 
 @pytest.mark.parametrize(
     ("function", "pattern"),
-    [("wrong_count", r"reward '.*faults.py:wrong_count' .* returned 2 scores for 1 completions \(batch row 0\)"),
-     ("words", r"reward '.*faults.py:words' .* returned a non-numeric score 'many'")],
+    [("wrong_count", r"reward '.*faults.py:wrong_count' .* returned 2 scores for 1 completions \(batch row 0: "),
+     ("words", r"reward '.*faults.py:words' .* returned a non-numeric score 'many'"),
+     ("nothing", r"^rewards.functions\[1\]: reward '.*faults.py:nothing' \(.*nothing\) returned None \(NoneType\)"
+                 r"; expected a list of 1 scores \(batch row 0: prompt 'q', completion 'x';"),
+     ("text", r"reward '.*faults.py:text' \(.*text\) returned '0.5' \(str\)")],
 )
-def test_api_violations_raise_naming_the_function(faults_file, function, pattern):
-    with pytest.raises(RewardFunctionError, match=pattern):
-        score_batch(config({"name": f"{faults_file}:{function}"}), ["q"], ["x"])
+def test_api_violations_raise_one_line_naming_the_function_row_and_value(faults_file, function, pattern):
+    """A function that breaks the API is a bug: one line (an InputError, which `rlp` prints as one
+    line) naming the function, the row and what it returned, however many samples the batch has."""
+    cfg = config({"name": "format"}, {"name": f"{faults_file}:{function}"})
+    with pytest.raises(RewardFunctionError, match=pattern) as raised:
+        score_batch(cfg, ["q"] * 6, ["x"] * 6)
+    assert isinstance(raised.value, InputError) and "\n" not in str(raised.value)
+
+
+def test_batch_deadline_bounds_a_slow_function(faults_file):
+    """Injected fault: a function sleeping 30 s a sample, 8 samples on 2 workers with the per-sample
+    timeout at its default (10 s, which alone would take 8 x 10 / 2 = 40 s). The batch deadline
+    (1 s) ends the batch: the 2 samples in flight are killed (2 worker restarts, not 8), the other
+    6 never start, and all 8 score failure_score as timeouts."""
+    cfg = config({"name": "format"}, {"name": f"{faults_file}:sleeps"}, batch_timeout_s=1.0, failure_score=-1.0)
+    with RewardScorer(cfg) as scorer:
+        result = scorer.score(["q"] * 8, ["x"] * 8)
+        assert result.components["sleeps"] == [-1.0] * 8
+        assert result.components["format"] == [0.0] * 8  # the fast function is scored in full
+        assert result.metrics["reward/sleeps/timeouts"] == 8.0 and result.metrics["reward/format/timeouts"] == 0.0
+        assert scorer.pool.restarts == 2
+        assert result.failures == {"sleeps": "still running at the batch deadline"}
+
+
+def test_failures_reach_the_console_once_per_function_with_count_and_first_message(faults_file, caplog):
+    """A function raising on some inputs: its name, the count and the first message are one
+    console line (FailureLog, what RewardService.score calls on the driver); a second failing
+    batch within the rate limit is held back and counted into the next line."""
+    from rl_pipeline.workers.reward import FailureLog
+
+    cfg = config({"name": f"{faults_file}:picky"}, failure_score=-1.0)
+    with RewardScorer(cfg) as scorer:
+        result = scorer.score(["q"] * 4, ["12", "3", "14", "5"])
+        again = scorer.score(["q"] * 2, ["1", "2"])
+    assert result.components["picky"] == [-1.0, 1.0, -1.0, 1.0]
+    assert result.failures == {"picky": "ValueError: cannot grade '12'"}
+    failures = FailureLog(cfg, every_s=3600)
+    caplog.clear()  # the scorer's own log (the first traceback, in the actor's log under Ray)
+    with caplog.at_level(logging.WARNING, logger="rl_pipeline.workers.reward"):
+        failures.report(result)
+        failures.report(again)  # within the hour: held back
+    lines = [r.getMessage() for r in caplog.records if r.name == "rl_pipeline.workers.reward"]
+    assert lines == ["reward 'picky': 2 raised of 4 samples in this batch, scored -1; first: ValueError: cannot grade '12'"]
+    assert failures.line("picky", failures.counts["picky"], "x").startswith("reward 'picky': 1 raised of 2 samples")
 
 
 def test_validate_unknown_name_lists_registered():
