@@ -10,13 +10,25 @@ claim: the program controls that interpreter and may write anything. ``decode`` 
 that harmless: it builds plain values (None, bool, int, float, complex, str, bytes, list,
 tuple, set, frozenset, dict, range) from the claim or raises ``ValueError``; nothing it returns
 can run code of the program's when it is compared.
+
+Decoding costs time linear in the claim, whatever the claim: numbers are strict ASCII (ints as
+hex, so no decimal conversion and no 4,300-digit cap: big ints come back whole), a value has
+at most ``MAX_NODES`` parts and ints at most ``MAX_INT_HEX`` hex digits, and a value in which
+more than ``MAX_SHARED_HASH`` distinct hashable parts share one hash is refused (a set or dict of
+colliding keys would cost quadratic time to build, and so would ``set()`` of such a list).
 """
 
 from __future__ import annotations
 
+import re
+
 MAX_DEPTH = 64
-MAX_ITEMS = 1_000_000  # an iterator is read to this many items at most
+MAX_NODES = 200_000  # parts of one value; an iterator is read to this many items at most
+MAX_INT_HEX = 1 << 16  # hex digits of an int: 262,144 bits, about 79,000 decimal digits
+MAX_SHARED_HASH = 4  # distinct hashable parts of one value allowed to share a hash
 RAISED = "raised"
+INT = re.compile(r"-?0x[0-9a-f]+", re.ASCII)
+FLOAT = re.compile(r"-?(0x[0-9a-f]+(\.[0-9a-f]*)?p[+-][0-9]{1,4}|inf)|nan", re.ASCII)
 
 
 def encode(value, depth: int = 0):
@@ -29,7 +41,7 @@ def encode(value, depth: int = 0):
     if kind is bool:
         return ["bool", value]
     if kind is int:
-        return ["int", str(value)]
+        return ["int", hex(value)]  # linear both ways, and exempt from the 4,300-digit str cap
     if kind is float:
         return ["float", value.hex()]
     if kind is complex:
@@ -50,46 +62,68 @@ def encode(value, depth: int = 0):
     if name in ("generator", "map", "filter", "zip", "enumerate", "reversed", "dict_values") or name.endswith("iterator"):
         items = []
         for item in value:
-            if len(items) >= MAX_ITEMS:
+            if len(items) >= MAX_NODES:
                 raise TypeError("iterator too long")
             items.append(encode(item, depth + 1))
         return ["list", items]
     raise TypeError(f"a {name} is not a plain value")
 
 
-def decode(obj, depth: int = 0):
-    """The plain value a tagged form stands for; ValueError for anything malformed."""
+def decode(obj):
+    """The plain value a tagged form stands for; ValueError for anything malformed or too costly."""
     try:
-        return _decode(obj, depth)
+        return _Decoder().value(obj, 0)
     except (TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
         raise ValueError(f"malformed value: {exc}") from None
 
 
-def _decode(obj, depth: int):
-    if depth > MAX_DEPTH or type(obj) is not list or not obj or type(obj[0]) is not str:
-        raise ValueError("malformed value")
-    tag, args = obj[0], obj[1:]
-    if tag == "none" and not args:
-        return None
-    if tag == "bool" and type(args[0]) is bool:
-        return args[0]
-    if tag == "int" and type(args[0]) is str:
-        return int(args[0])
-    if tag == "float" and type(args[0]) is str:
-        return float.fromhex(args[0])
-    if tag == "complex" and all(type(a) is str for a in args[:2]):
-        return complex(float.fromhex(args[0]), float.fromhex(args[1]))
-    if tag == "str" and type(args[0]) is str:
-        return args[0]
-    if tag == "bytes" and type(args[0]) is str:
-        return args[0].encode("latin-1")
-    if tag == "range" and len(args) == 3 and all(type(a) is int for a in args):
-        if len(range(*args)) > MAX_ITEMS:  # list(range(10**12)) in a verdict would exhaust memory
-            raise ValueError("range too long")
-        return range(*args)
-    if tag in ("list", "tuple", "set", "frozenset") and type(args[0]) is list:
-        items = [_decode(item, depth + 1) for item in args[0]]
-        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
-    if tag == "dict" and type(args[0]) is list:
-        return {_decode(k, depth + 1): _decode(v, depth + 1) for k, v in args[0]}
-    raise ValueError(f"malformed value with tag {tag!r}")
+class _Decoder:
+    """One decode: counts the parts built so far and the distinct hashable parts per hash."""
+
+    def __init__(self):
+        self.nodes = 0
+        self.by_hash: dict[int, list] = {}
+
+    def value(self, obj, depth: int):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise ValueError(f"value has too many parts (over {MAX_NODES})")
+        if depth > MAX_DEPTH or type(obj) is not list or not obj or type(obj[0]) is not str:
+            raise ValueError("malformed value")
+        value = self._build(obj[0], obj[1:], depth)
+        if type(value) not in (list, set, dict):  # hashable: guard the tables it may end up in
+            self._count_hash(value)
+        return value
+
+    def _count_hash(self, value) -> None:
+        seen = self.by_hash.setdefault(hash(value), [])
+        if len(seen) < MAX_SHARED_HASH + 1 and not any(value == other for other in seen):
+            seen.append(value)
+            if len(seen) > MAX_SHARED_HASH:
+                raise ValueError(f"more than {MAX_SHARED_HASH} distinct parts share one hash")
+
+    def _build(self, tag: str, args: list, depth: int):
+        if tag == "none" and not args:
+            return None
+        if tag == "bool" and type(args[0]) is bool:
+            return args[0]
+        if tag == "int" and type(args[0]) is str and INT.fullmatch(args[0]) and len(args[0]) <= MAX_INT_HEX + 3:
+            return int(args[0], 16)
+        if tag == "float" and type(args[0]) is str and FLOAT.fullmatch(args[0]):
+            return float.fromhex(args[0])
+        if tag == "complex" and len(args) == 2 and all(type(a) is str and FLOAT.fullmatch(a) for a in args):
+            return complex(float.fromhex(args[0]), float.fromhex(args[1]))
+        if tag == "str" and type(args[0]) is str:
+            return args[0]
+        if tag == "bytes" and type(args[0]) is str:
+            return args[0].encode("latin-1")
+        if tag == "range" and len(args) == 3 and all(type(a) is int for a in args):
+            if len(range(*args)) > MAX_NODES:  # list(range(10**12)) in a verdict would exhaust memory
+                raise ValueError("range too long")
+            return range(*args)
+        if tag in ("list", "tuple", "set", "frozenset") and type(args[0]) is list:
+            items = [self.value(item, depth + 1) for item in args[0]]
+            return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
+        if tag == "dict" and type(args[0]) is list:
+            return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in args[0]}
+        raise ValueError(f"malformed value with tag {tag!r}")

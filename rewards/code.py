@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewards import register
-from rewards.code_asserts import judge, run_probes, split_suite
+from rewards.code_asserts import score_asserts
 from rewards.sandbox import SandboxLimits, ensure_isolation, run_python
 
 logger = logging.getLogger(__name__)
@@ -162,10 +162,7 @@ def run_io_case(program: str, case: IOCase, limits: SandboxLimits, isolated: boo
 def run_asserts(program: str, suite: AssertSuite, limits: SandboxLimits, per_test_s: float,
                 isolated: bool = True) -> float:
     """Number of the suite's asserts that pass, judged outside the program's reach."""
-    split = split_suite(suite.setup, suite.tests)
-    claims = run_probes(program, split, limits, per_test_s, isolated)
-    verdicts = judge(split, claims, limits, isolated)
-    return float(sum(verdicts[:len(suite.tests)]))
+    return score_asserts(program, suite.setup, suite.tests, limits, per_test_s, isolated)
 
 
 code_reward.runs_model_code = True  # the recipe check refuses it where the sandbox cannot isolate

@@ -82,21 +82,29 @@ def test_parse_tests_forms():
 
 
 def test_assert_splits_into_program_probes_and_a_verdict_without_them():
-    from rewards.code_asserts import split_suite
+    from rewards.code_split import Probe, split_suite
 
-    suite = split_suite("import math\nK = 2", (
+    suite = split_suite("import math\nK = 2\ns = Solution(K)", (
         "assert add(1, 2) == 3",
         "assert abs(root(2.0) - 1.414) < 1e-3",  # the constants stay outside: only root(2.0) is probed
-        "assert Solution().two_sum([2, 7], 9)[0] == 0",
-        "assert len(items(K)) == math.floor(2.5)",
+        "assert Solution().two_sum([2, 7], 9)[0] == 0",  # the list comes back; [0] is the verdict's
+        "assert len(items(K)) == math.floor(2.5)",  # K reaches the program as a value, _a1
+        "assert greet('x').startswith('He')",  # a returned str's method: the verdict's
+        "assert s.run(3) == K",
+        "assert pow(2, 3) == 8",  # the program's pow if it defines one, else the builtin
     ))
-    assert [(t.probes, t.verdict, t.safe) for t in suite.tests] == [
-        (("add(1, 2)",), "_v0 == 3", True),
-        (("root(2.0)",), "abs(_v0 - 1.414) < 0.001", True),
-        (("Solution().two_sum([2, 7], 9)[0]",), "_v0 == 0", True),
-        (("items(K)",), "len(_v0) == math.floor(2.5)", False),  # math.floor: a program-free sandbox decides
+    assert [(t.probes, t.verdict) for t in suite.tests] == [
+        ((Probe("add(1, 2)"),), "_v0 == 3"),
+        ((Probe("root(2.0)"),), "abs(_v0 - 1.414) < 0.001"),
+        ((Probe("Solution().two_sum([2, 7], 9)"),), "_v0[0] == 0"),
+        ((Probe("items(_a1)"),), "len(_v0) == math.floor(2.5)"),
+        ((Probe("greet('x')"),), "_v0.startswith('He')"),
+        ((Probe("s.run(3)"),), "_v0 == K"),
+        ((Probe("pow(2, 3)", builtin="pow", fallback="pow(2, 3)"),), "_v0 == 8"),
     ]
-    assert suite.trusted_setup == "import math\nK = 2"
+    assert suite.trusted_setup == "import math\nK = 2"  # never in the program's process
+    assert suite.program_setup == "import math\ns = Solution(_a0)"
+    assert suite.inputs == ("K", "K")
 
 
 def test_usual_assert_forms_pass_for_a_right_program_and_fail_for_a_wrong_one(code):
@@ -146,13 +154,13 @@ def test_the_score_stays_in_the_unit_interval_whatever_the_channel_carries():
 
     suite = split_suite("", ("assert add(1, 2) == 3", "assert add(2, 2) == 4"))
     rng = random.Random(0)
-    pieces = ["0\t[\"int\", \"3\"]", "1\t[\"int\", \"4\"]", "2\t[\"int\", \"5\"]", "99\t[\"int\", \"3\"]",
+    pieces = ["0\t[\"int\", \"0x3\"]", "1\t[\"int\", \"0x4\"]", "2\t[\"int\", \"0x5\"]", "99\t[\"int\", \"0x3\"]",
               "-1\t[]", "0\t[\"raised\", \"X\"]", "1\tnot json", "\t", "0\t[\"bool\", true]", "x" * 50]
     for _ in range(300):
         text = "\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
         verdicts = judge(suite, read_claims(text, 2), SandboxLimits(), True)
         assert len(verdicts) == 2 and 0 <= sum(verdicts) / 2 <= 1
-    assert judge(suite, read_claims("0\t[\"int\", \"3\"]\n1\t[\"int\", \"4\"]", 2), SandboxLimits(), True) == [True, True]
+    assert judge(suite, read_claims("0\t[\"int\", \"0x3\"]\n1\t[\"int\", \"0x4\"]", 2), SandboxLimits(), True) == [True, True]
 
 
 def test_a_test_that_does_not_parse_counts_as_failed(code):

@@ -1,0 +1,161 @@
+"""Round two of attacks on the `code` reward (issue 27, classes 1 and 5): each wrong program
+must score 0, each honest one 1, and nothing a program writes may raise in the caller.
+
+Class 1, assert tests whose shape escaped the split: a tested function named like a builtin,
+the tests' setup (an expected value ``E0``, a reference helper) visible to the program, a
+library call or a method call on a returned value evaluated inside the program's process.
+Class 5, the trusted side's decoders: a result index that is a non-ASCII digit, a set of
+hash-colliding ints, an honest int over 4,300 digits. Written attack-first: the tests marked
+"1.0 before" scored 1.0 on the commit before the fix; "raised before" raised in the caller;
+"0.0 before" is the honest program that scored 0. Real sandboxed processes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import rewards
+from rewards._code_values import decode, encode
+from rewards.code_asserts import UnsplittableTest, read_claims
+
+
+def score(program: str, tests: list[str]) -> float:
+    fn = rewards.get("code", timeout_s=10.0, cpu_s=4)
+    return fn(["q"], [f"```python\n{program}\n```"], tests=[tests])[0]
+
+
+BUILTIN_NAMED = [  # the task asks for a function that shares a builtin's name
+    "assert pow(2, 3) == 8", "assert max([1, 5, 2]) == 5", "assert sum([1, 2, 3]) == 6",
+    "assert sorted([3, 1, 2]) == [1, 2, 3]",
+]
+BUILTIN_NAMED_RIGHT = ("import builtins\ndef pow(a, b):\n    return a ** b\ndef max(xs):\n    return builtins.max(xs)\n"
+                       "def sum(xs):\n    return builtins.sum(xs)\ndef sorted(xs):\n    return builtins.sorted(xs)")
+
+
+@pytest.mark.parametrize("program", ["pass", "def pow(a, b):\n    return 0\ndef max(xs):\n    return 0\n"
+                                     "def sum(xs):\n    return 0\ndef sorted(xs):\n    return xs"])
+def test_a_function_named_like_a_builtin_is_the_programs(program):  # 1.0 before, both
+    assert score(program, BUILTIN_NAMED) == 0.0
+
+
+def test_a_right_function_named_like_a_builtin_passes():
+    assert score(BUILTIN_NAMED_RIGHT, BUILTIN_NAMED) == 1.0
+
+
+SETUP_LEAKS = {  # (program, tests): the program answers from the tests' own setup
+    "bound expected value": ("def answer():\n    return E0", ["E0 = 42", "assert answer() == E0"]),
+    "reference helper": ("def square(n):\n    return ref(n)",
+                         ["def ref(n):\n    return n * n", "assert square(3) == ref(3)", "assert square(4) == ref(4)"]),
+    "globals scan": ("def answer():\n    return [v for k, v in globals().items() if k.startswith('EXP')][0]",
+                     ["EXPECTED = [3, 1, 4]", "assert answer() == EXPECTED"]),
+}
+
+
+@pytest.mark.parametrize("leak", sorted(SETUP_LEAKS))
+def test_the_program_never_holds_the_tests_setup(leak):  # 1.0 before, each
+    program, tests = SETUP_LEAKS[leak]
+    assert score(program, tests) == 0.0
+
+
+def test_setup_values_still_reach_the_program_as_arguments():
+    tests = ["import math", "K = 3", "def ref(n):\n    return n * n", "NUMS = [1, 2, 3]",
+             "assert square(K) == ref(K)", "assert square(len(NUMS)) == 9", "assert total(NUMS) == 6",
+             "assert root(16) == math.isqrt(16)"]
+    program = ("import math\ndef square(n):\n    return n * n\ndef total(xs):\n    return sum(xs)\n"
+               "def root(n):\n    return math.isqrt(n)")
+    assert score(program, tests) == 1.0
+
+
+RIGGED = {  # (program, tests): the verdict's library/method call runs where the program rigs it
+    "patched math.isclose": ("import math\nmath.isclose = lambda *a, **k: True\ndef half(x):\n    return 0.0",
+                             ["assert math.isclose(half(1), 0.5)"]),
+    "str subclass startswith": ("class R(str):\n    def startswith(self, *a):\n        return True\n"
+                                "def greet(x):\n    return R('nope')", ["assert greet('Bob').startswith('Hello')"]),
+    "class named like the function": ("class greet:\n    def __init__(self, *a):\n        pass\n"
+                                      "    def __getattr__(self, name):\n        return lambda *a, **k: True",
+                                      ["assert greet('Bob').startswith('Hello')", "assert greet('Bob').endswith('Bob')"]),
+}
+
+
+@pytest.mark.parametrize("rig", sorted(RIGGED))
+def test_library_and_method_calls_of_the_verdict_run_outside_the_program(rig):  # 1.0 before, each
+    program, tests = RIGGED[rig]
+    assert score(program, tests) == 0.0
+
+
+def test_honest_library_and_method_calls_still_pass():
+    tests = ["assert math.isclose(half(1), 0.5)", "assert greet('Bob').startswith('Hello')",
+             "assert greet('Bob').split()[-1] == 'Bob'", "assert Solution().two_sum([2, 7], 9)[0] == 0",
+             "assert Box(3).double().value == 6"]
+    program = ("import math\ndef half(x):\n    return x / 2\ndef greet(x):\n    return 'Hello ' + x\n"
+               "class Solution:\n    def two_sum(self, xs, t):\n        return [0, 1]\n"
+               "class Box:\n    def __init__(self, v):\n        self.value = v\n    def double(self):\n"
+               "        return Box(2 * self.value)")
+    assert score(program, tests) == 1.0
+
+
+def test_a_setup_statement_that_cannot_be_split_is_refused_naming_it():
+    with pytest.raises(UnsplittableTest, match=r"check = lambda"):
+        score("def f(x):\n    return x", ["check = lambda x: f(x) == x", "assert check(1)"])
+
+
+# Class 5: the decoders of the trusted side.
+
+FAKE_LINE = """
+import os
+def add(a, b):
+    for fd in range(1, 30):
+        try:
+            os.write(fd, {line!r}.encode())
+        except OSError:
+            pass
+    os._exit(0)
+"""
+
+
+def test_a_non_ascii_index_on_the_channel_does_not_raise():  # raised before
+    assert read_claims('\u0661\t["int", "3"]\n\u00b2\t["int", "3"]', 2) == [read_claims("", 1)[0]] * 2
+    line = '\u0660\t["int", "3"]\n'  # ARABIC-INDIC DIGIT ZERO: str.isdigit() is True, int() reads 0
+    assert score(FAKE_LINE.format(line=line), ["assert add(1, 2) == 3"]) == 0.0
+
+
+COLLIDING = [encode(k * (2**61 - 1)) for k in range(1, 3001)]  # all hash to 0
+
+
+def test_hash_colliding_values_are_refused_by_the_decoder():  # accepted before (quadratic cost)
+    for claim in (["set", COLLIDING], ["frozenset", COLLIDING], ["list", COLLIDING],
+                  ["dict", [[item, ["none"]] for item in COLLIDING]],
+                  ["list", [["tuple", [item]] for item in COLLIDING]]):
+        with pytest.raises(ValueError, match="hash"):
+            decode(claim)
+    honest = [-1, -2] * 50 + [2**61 - 1, 0]  # hash(-1) == hash(-2), hash(2**61 - 1) == hash(0): few distinct
+    assert decode(encode(honest)) == honest
+    assert decode(encode(set(honest))) == set(honest)
+
+
+def test_a_colliding_set_on_the_channel_scores_nothing():
+    line = "0\t" + json.dumps(["set", COLLIDING]) + "\n"
+    assert score(FAKE_LINE.format(line=line), ["assert add(1, 2) == {1}"]) == 0.0
+
+
+def test_the_decoder_caps_a_values_size():
+    with pytest.raises(ValueError, match="too many"):
+        decode(["list", [["none"]] * 300_000])
+    with pytest.raises(ValueError):
+        decode(["int", "0x" + "f" * (1 << 21)])
+
+
+def test_an_int_over_4300_digits_comes_back_whole():  # 0.0 before
+    big = 7**6000  # 5,071 digits
+    assert decode(encode(big)) == big and decode(encode(-big)) == -big
+    tests = ["assert big(6000) == 7 ** 6000", "assert big(6000) % 1000 == 1", "assert big(2) == 49"]
+    assert score("def big(n):\n    return 7 ** n", tests) == 1.0
+
+
+@pytest.mark.parametrize("junk", [["int", "\u0663"], ["int", " 3"], ["int", "3_0"], ["float", "\u0663.0"],
+                                  ["float", "1e5"], ["complex", "0x1p+0", "\u0661"]])
+def test_numbers_are_parsed_as_strict_ascii(junk):
+    with pytest.raises(ValueError):
+        decode(junk)
