@@ -1,36 +1,101 @@
-"""Load and save Hugging Face causal LMs and tokenizers from a local folder or a hub name."""
+"""Load and save Hugging Face causal LMs and tokenizers from a local folder or a hub name, and
+check a model path before any actor starts (a missing folder must not look like a hub download)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 from pathlib import Path
 
 from rl_pipeline.atomic import atomic_folder
+from rl_pipeline.config import InputError
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-def check_model_source(path: str, key: str = "model.path") -> None:
-    """Fail early, naming the recipe key, when a model path looks local but does not exist.
+class ModelSourceError(InputError, FileNotFoundError):
+    """A model path that is neither a model folder here nor a hub name that can be fetched now.
+    A FileNotFoundError too, so callers that caught the old error keep working."""
 
-    A string that is not an existing folder is accepted only if it looks like a hub name
-    ("org/name" without a leading ./, / or ~) and hub access is not disabled.
+
+_HUB_PROBE_S = 3.0  # one connection attempt, not huggingface_hub's retries (a minute offline)
+_OFFLINE_VALUES = {"1", "true", "yes", "on"}  # what huggingface_hub reads as set
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def hub_unreachable_reason(endpoint: str, timeout_s: float = _HUB_PROBE_S) -> str | None:
+    """None when `endpoint` answers an HTTP request (any status) within `timeout_s`, else why not.
+
+    urllib honours the *_PROXY variables like huggingface_hub does; the request runs in a daemon
+    thread so a slow name lookup (which has no timeout of its own) cannot hold the check either."""
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)  # it answered
+        except Exception as exc:  # URLError, timeouts, SSL errors: all mean "cannot download now"
+            outcome.append(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")
+
+    thread = threading.Thread(target=probe, daemon=True, name="hub-probe")
+    thread.start()
+    thread.join(timeout_s + 0.5)
+    return outcome[0] if outcome else f"no answer within {timeout_s:.0f} s"
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """A hub model downloaded before loads without the network (its config.json is cached)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an invalid repo id, an unreadable cache: not loadable from the cache
+        return False
+
+
+def check_model_source(path: str, key: str = "model.path") -> None:
+    """Fail in one line naming the recipe `key`, before any actor starts, when `path` cannot be
+    loaded: a folder without config.json; a string that is neither an existing folder nor a hub
+    name ("org/name", no leading ./, / or ~); a hub name not in the local cache while the hub is
+    off (HF_HUB_OFFLINE) or unreachable (one request, a few seconds). "runs/tiny-model" is
+    hub-shaped, so a missing local folder of that shape is told apart from a hub name this way.
     """
     expanded = os.path.expanduser(path)
     if os.path.isdir(expanded):
         if not (Path(expanded) / "config.json").is_file():
-            raise FileNotFoundError(f"{key}: '{path}' is a folder without config.json, not a Hugging Face model")
+            raise ModelSourceError(f"{key}: '{path}' is a folder without config.json, not a Hugging Face model")
         return
-    looks_local = path.startswith(("/", ".", "~")) or os.sep in path.strip("/").replace("/", "", 1)
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    if looks_local or path.count("/") != 1 or offline:
-        raise FileNotFoundError(
-            f"{key}: model '{path}' not found (no such folder"
-            + (", and HF_HUB_OFFLINE=1 forbids hub names)" if offline else ")")
-        )
+    where = f"no folder '{path}' in {os.getcwd()}"
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1 or not all(path.split("/")):
+        raise ModelSourceError(f"{key}: model '{path}' not found ({where}, and not a hub name of the form org/name)")
+    if _in_hub_cache(path):
+        return
+    local = f"point {key} at a local model folder (e.g. one `rlp tiny-model` or save_pretrained wrote)"
+    if hub_offline():
+        raise ModelSourceError(f"{key}: model '{path}' not found ({where}; as a hub name it is not in the local "
+                               f"cache and HF_HUB_OFFLINE is set, so it cannot be downloaded); {local}")
+    reason = hub_unreachable_reason(hub_endpoint())
+    if reason is not None:
+        raise ModelSourceError(f"{key}: model '{path}' not found ({where}; as a hub name it cannot be downloaded: "
+                               f"{hub_endpoint()} is unreachable, {reason}); {local}, or set HF_HUB_OFFLINE=1 "
+                               "to use cached hub models without this check")
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -100,3 +165,16 @@ def save_hf_model(model, tokenizer, out_dir: str | Path, state_dict: dict | None
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return out
+
+
+# Built-in rewards whose `model` keyword names a model folder or hub name (rewards/model_based.py).
+_MODEL_REWARDS = ("reward_model", "judge")
+
+
+def check_reward_model_paths(rewards_config) -> None:
+    """check_model_source for each model-based reward's `kwargs.model`, named by its recipe key,
+    so a missing reward model fails before the reward actor starts, like model.path does."""
+    for i, spec in enumerate(rewards_config.functions if rewards_config else []):
+        model = spec.kwargs.get("model")
+        if spec.name in _MODEL_REWARDS and isinstance(model, str):
+            check_model_source(model, f"rewards.functions[{i}].kwargs.model")

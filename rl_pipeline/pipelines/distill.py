@@ -38,7 +38,7 @@ from rl_pipeline.config import DistillConfig, InputError, Recipe, RolloutConfig
 from rl_pipeline.data.distill_output import ShardStore, dataset_card, pair_row, preference_card
 from rl_pipeline.data.loading import DataError, load_rows
 from rl_pipeline.data.prompts import load_prompts, render_prompt
-from rl_pipeline.models.loading import check_model_source, load_tokenizer
+from rl_pipeline.models.loading import check_model_source, check_reward_model_paths, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,9 @@ def check_distill_inputs(recipe: Recipe, output: str | Path | None = None) -> Di
     recipe.require("data", "rewards", "distill")
     d, spec = recipe.distill, recipe.data.train
     rollout = recipe.rollout or RolloutConfig()
-    try:
-        check_model_source(d.expert, "distill.expert")
-    except FileNotFoundError as exc:
-        raise InputError(str(exc)) from None
+    check_model_source(d.expert, "distill.expert")
     validate(recipe.rewards)
+    check_reward_model_paths(recipe.rewards)
     max_prompt = recipe.data.max_length - rollout.max_tokens
     if max_prompt < 1:
         raise InputError(f"data.max_length ({recipe.data.max_length}) leaves no room for prompts after "

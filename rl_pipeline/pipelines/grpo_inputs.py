@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.prompts import Prompt, load_prompts
-from rl_pipeline.models.loading import check_model_source, load_tokenizer
+from rl_pipeline.models.loading import check_model_source, check_reward_model_paths, load_tokenizer
 from rl_pipeline.models.lora import check_lora
 
 
@@ -41,6 +41,7 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
         raise  # already names rewards.functions[i]
     except (ValueError, LookupError, ImportError, TypeError) as exc:
         raise InputError(f"rewards.functions: {exc}") from None
+    check_reward_model_paths(recipe.rewards)
     names = component_names(recipe.rewards)
     correct = recipe.grpo.accuracy_reward or names[0]
     if correct not in names:
@@ -88,10 +89,7 @@ def _load_inputs(recipe: Recipe, correct: str | None) -> GRPOInputs:
 def check_teacher(recipe: Recipe, student_tokenizer) -> None:
     """The teacher must exist and share the student's vocabulary: its logprobs are of the student's token ids."""
     teacher = recipe.teacher.model
-    try:
-        check_model_source(teacher.path)
-    except FileNotFoundError as exc:
-        raise InputError(f"teacher.model.path: {exc}") from None
+    check_model_source(teacher.path, "teacher.model.path")
     vocab = load_tokenizer(teacher.tokenizer or teacher.path, teacher.trust_remote_code).get_vocab()
     student = student_tokenizer.get_vocab()
     if vocab != student:

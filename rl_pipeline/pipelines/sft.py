@@ -150,10 +150,7 @@ def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = 
     """Run (or resume) SFT as the recipe says; returns where the final model is."""
     from rl_pipeline.workers.trainer import TrainerSpec
 
-    try:
-        inputs = check_sft_inputs(recipe)
-    except FileNotFoundError as exc:
-        raise InputError(str(exc)) from None
+    inputs = check_sft_inputs(recipe)  # a bad model path is an InputError too (ModelSourceError)
     sft, cfg = recipe.sft, recipe.trainer
     plan = BatchPlan(inputs.train, cfg, sft.epochs, sft.max_steps, sft.seed)
     run = RunDir.open(recipe, run_dir, resume)

@@ -1,0 +1,107 @@
+"""Issue 33, a newcomer's first hour: the mistakes a new user makes get one line that names the
+recipe key, without starting Ray.
+
+- trap 3: a model path that is not a folder here but has the shape of a hub name
+  (`runs/tiny-model` before `rlp tiny-model` ran) is one line naming the key, HF_HUB_OFFLINE
+  and the local alternative, whether the hub is unreachable or switched off: for sft, grpo,
+  eval (and the teacher's and reward models' paths), not a minute of hub retries and a traceback.
+  The unreachable hub is real: HF_ENDPOINT points at a local port nothing listens on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RLP = str(Path(sys.executable).with_name("rlp"))
+
+
+def closed_endpoint() -> str:
+    """An HTTP endpoint on this machine that refuses connections: a hub that cannot be reached."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def rlp(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    environ.update(HF_HOME=str(cwd / "hf-home"), **env)
+    return subprocess.run([RLP, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=150)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+STAGES = {
+    "sft": ["sft", str(ROOT / "recipes/sft_tiny_base.yaml")],
+    "grpo": ["grpo", str(ROOT / "recipes/grpo_tiny.yaml"), "model.path=runs/tiny-model"],
+    "eval": ["eval", str(ROOT / "recipes/grpo_tiny.yaml"), "model.path=runs/tiny-model"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_missing_local_model_with_the_hub_unreachable_is_one_line_naming_model_path(stage, tmp_path):
+    # Before the fix: `runs/tiny-model` passed as a hub name and the tokenizer load went to the hub
+    # (53 s of retries against huggingface.co, a 299-line traceback without `model.path`).
+    result = rlp(STAGES[stage], tmp_path, HF_ENDPOINT=closed_endpoint())
+    line = one_error_line(result)
+    assert line.startswith("error: model.path: model 'runs/tiny-model' not found"), line
+    assert "unreachable" in line and "HF_HUB_OFFLINE" in line and "rlp tiny-model" in line, line
+    assert str(tmp_path) in line  # where the relative path was looked for
+
+
+def test_a_missing_local_model_with_the_hub_off_names_hf_hub_offline(tmp_path):
+    line = one_error_line(rlp(STAGES["sft"], tmp_path, HF_HUB_OFFLINE="1"))
+    assert line.startswith("error: model.path: model 'runs/tiny-model' not found"), line
+    assert "HF_HUB_OFFLINE is set" in line and "rlp tiny-model" in line, line
+
+
+def test_a_hub_model_in_the_local_cache_passes_offline(tmp_path):
+    """A model downloaded before loads offline, so the check must not refuse it. The cache is the
+    real huggingface_hub layout (refs/main -> snapshots/<commit>/config.json)."""
+    snapshot = tmp_path / "hub" / "models--someorg--somemodel" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    code = ("from rl_pipeline.models.loading import check_model_source as c; c('someorg/somemodel'); "
+            "c('otherorg/othermodel')")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    # the cached one passes; the next, uncached, is refused by name
+    assert "model.path: model 'otherorg/othermodel' not found" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("path", ["runs/sft-base/final_model", "/nowhere/model", "./model", "runs/"])
+def test_paths_that_cannot_be_hub_names_fail_without_asking_the_hub(path, monkeypatch):
+    from rl_pipeline.config import InputError
+    from rl_pipeline.models.loading import check_model_source
+
+    monkeypatch.setenv("HF_ENDPOINT", closed_endpoint())
+    with pytest.raises(InputError, match=r"^distill\.expert: model .* not found .*not a hub name"):
+        check_model_source(path, "distill.expert")
+
+
+def test_teacher_and_reward_model_paths_are_checked_under_their_own_keys(monkeypatch):
+    from rl_pipeline.config import InputError, RewardsConfig, parse_recipe
+    from rl_pipeline.models.loading import check_reward_model_paths
+    from rl_pipeline.pipelines.grpo_inputs import check_teacher
+
+    monkeypatch.setenv("HF_ENDPOINT", closed_endpoint())
+    rewards = RewardsConfig(functions=[{"name": "math"},
+                                       {"name": "reward_model", "kwargs": {"model": "runs/rm-tiny"}}])
+    with pytest.raises(InputError, match=r"^rewards\.functions\[1\]\.kwargs\.model: model 'runs/rm-tiny' not found"):
+        check_reward_model_paths(rewards)
+    recipe = parse_recipe({"model": {"path": "m"}, "teacher": {"model": {"path": "runs/teacher"}}})
+    with pytest.raises(InputError, match=r"^teacher\.model\.path: model 'runs/teacher' not found .*unreachable"):
+        check_teacher(recipe, student_tokenizer=None)
