@@ -11,7 +11,8 @@ Layout of a run directory:
 A checkpoint folder only gets its final name after every rank wrote its part, and `latest` is
 replaced atomically afterwards, so a kill mid-save leaves the previous checkpoint usable. A save
 that is interrupted (Ctrl-C, an error) removes its `.step_N.tmp` folder; one a SIGKILL leaves
-behind is removed when the run resumes.
+behind is removed when the run resumes. `--resume` of a run that saved no checkpoint yet says so
+and starts from step 0.
 Resuming compares the stored recipe with the new one and refuses what would silently change
 the run (another model, other data, another batch geometry, another learning-rate schedule or
 number of updates per step: the restored optimiser state and step belong to the old ones).
@@ -78,6 +79,11 @@ def recipe_differences(stored: dict, current: dict, keys=RESUME_MUST_MATCH) -> l
             else:
                 diffs.append(f"{key}: {a!r} (run) vs {b!r} (now)")
     return diffs
+
+
+def _save_every_key(recipe: Recipe) -> str:
+    stage = next((name for name in ("grpo", "sft", "rm") if getattr(recipe, name) is not None), "sft")
+    return f"{stage}.save_every"
 
 
 @dataclass
