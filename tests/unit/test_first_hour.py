@@ -6,6 +6,7 @@ recipe key, without starting Ray.
   and the local alternative, whether the hub is unreachable or switched off: for sft, grpo,
   eval (and the teacher's and reward models' paths), not a minute of hub retries and a traceback.
   The unreachable hub is real: HF_ENDPOINT points at a local port nothing listens on.
+- `--resume` of a run directory that holds no checkpoint says it starts from step 0.
 """
 
 from __future__ import annotations
@@ -105,3 +106,18 @@ def test_teacher_and_reward_model_paths_are_checked_under_their_own_keys(monkeyp
     recipe = parse_recipe({"model": {"path": "m"}, "teacher": {"model": {"path": "runs/teacher"}}})
     with pytest.raises(InputError, match=r"^teacher\.model\.path: model 'runs/teacher' not found .*unreachable"):
         check_teacher(recipe, student_tokenizer=None)
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, caplog):
+    # Before the fix: nothing was said; the run silently restarted from step 0.
+    from rl_pipeline.checkpoint import RunDir
+    from rl_pipeline.config import parse_recipe
+
+    recipe = parse_recipe({"model": {"path": "m"}, "data": {"train": {"path": "t.jsonl"}}, "sft": {"save_every": 50}})
+    RunDir.open(recipe, tmp_path / "run", resume=False)  # a run stopped before its first save
+    with caplog.at_level("WARNING", logger="rl_pipeline.checkpoint"):
+        run = RunDir.open(recipe, tmp_path / "run", resume=True)
+    assert run.latest() is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--resume: {tmp_path / 'run'} has no checkpoint yet (one is written every sft.save_every steps); "
+        "starting from step 0"]
