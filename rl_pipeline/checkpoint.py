@@ -121,6 +121,11 @@ class RunDir:
         run = cls(path, recipe)
         if resume:
             run.remove_unfinished_saves()
+            if run.latest() is None:
+                # Not an error (a run stopped before its first save restarts correctly from 0),
+                # but a user who typed --resume expects to continue: say that nothing is restored.
+                log.warning("--resume: %s has no checkpoint yet (one is written every %s steps); starting from "
+                            "step 0", path, _save_every_key(recipe))
         return run
 
     def remove_unfinished_saves(self) -> None:
