@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from rl_pipeline import interrupt
 from rl_pipeline.atomic import atomic_folder, atomic_write_text
 from rl_pipeline.config import InputError, Recipe, recipe_to_yaml
 
@@ -119,6 +120,7 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stored, recipe_to_yaml(recipe))
         run = cls(path, recipe)
+        interrupt.in_run_dir(path)  # for the resume command a Ctrl-C prints
         if resume:
             run.remove_unfinished_saves()
             if run.latest() is None:

@@ -246,8 +246,10 @@ def distill_cmd(
     if result.empty_reason:
         typer.echo(f"empty dataset: {result.empty_reason}")
     trainer = "rlp rm" if recipe_obj.distill.pairs else "rlp sft"
-    typer.echo(f"dataset: {result.output} ({result.rows} rows; stats.json, README.md; "
-               f"train with {trainer} data.train.path={result.output / 'data'})")
+    typer.echo(f"dataset: {result.output} ({result.rows} rows; stats.json, README.md)")
+    # RECIPE is any recipe of that command whose data.train.format is auto (the default): the
+    # folder's columns tell the format, so the line needs no other key.
+    typer.echo(f"next: {trainer} RECIPE data.train.path={result.output / 'data'}")
 
 
 SEED_HELP = ("training seed of every stage and of the tiny model's initialisation (the task data stays the same); "
@@ -283,11 +285,17 @@ def demo_cmd(
 
 
 def main() -> None:
+    from rl_pipeline import interrupt
+
+    interrupt.install()  # Ctrl-C: stop within seconds wherever the driver waits
     try:
         app()
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        interrupt.finish()  # one line: the step reached and the command that resumes; exit 130
+    except SystemExit:
+        if interrupt.requested():  # typer turns a KeyboardInterrupt into a silent exit 130
+            interrupt.finish()
+        raise
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """A step progress bar with ETA (rich), quiet when stderr is not a terminal except for a
-periodic log line, so CI logs and pipes stay readable."""
+periodic log line, so CI logs and pipes stay readable. It also tells `interrupt` the steps done,
+for the line a Ctrl-C prints."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rl_pipeline import interrupt
+
 log = logging.getLogger(__name__)
 
 
@@ -17,6 +20,7 @@ class StepProgress:
         self.label, self.total, self.done = label, total, start
         self.log_every_s, self._last_log = log_every_s, time.monotonic()
         self._progress = None
+        interrupt.at_step(label, start, total)
         if sys.stderr.isatty():
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -36,6 +40,7 @@ class StepProgress:
 
     def advance(self, **info: float) -> None:
         self.done += 1
+        interrupt.at_step(self.label, self.done, self.total)
         text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
         if self._progress is not None:
             self._progress.update(self._task, advance=1, info=text)

@@ -79,7 +79,12 @@ class _Actors:
     teacher: object | None = None  # on-policy distillation: a ReferenceGroup holding the teacher
 
     def shutdown(self) -> None:
-        for part in (self.sampler, self.engines, self.scorer, self.reference, self.teacher, self.policy):
+        from rl_pipeline import interrupt
+
+        if self.scorer is not None:  # after a Ctrl-C, no polite close that waits for the batch it scores
+            with contextlib.suppress(Exception):
+                self.scorer.shutdown(wait_s=0.0 if interrupt.requested() else 10.0)
+        for part in (self.sampler, self.engines, self.reference, self.teacher, self.policy):
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.shutdown()
@@ -209,10 +214,14 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
                     with actors.hybrid.trainer_resident():
                         run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
-                progress.advance(**{k: metrics[m] for k, m in _PROGRESS.items() if m in metrics})
+                progress.advance(**_progress_info(metrics))
     finally:
         if ahead is not None:
-            ahead.close()
+            from rl_pipeline import interrupt
+
+            # After a Ctrl-C the batch being collected ahead is not waited for (its thread is
+            # blocked in engine and reward calls that the shutdown ends).
+            ahead.close(wait=not interrupt.requested())
     return last_eval  # the last step always evaluates when eval_every is set
 
 
@@ -325,6 +334,14 @@ def _unscored(count: int):
 
 # What the progress line shows, when the step has it (a run without rewards has no accuracy).
 _PROGRESS = {"reward": "reward/total/mean", "acc": "train/accuracy", "rkl": "distill/reverse_kl"}
+# ... and, only when nonzero, samples whose reward function raised or timed out (the console
+# names the function: workers/reward.py FailureLog).
+_PROGRESS_FAILURES = {"reward_errors": "reward/errors", "reward_timeouts": "reward/timeouts"}
+
+
+def _progress_info(metrics: dict) -> dict[str, float]:
+    info = {k: metrics[m] for k, m in _PROGRESS.items() if m in metrics}
+    return info | {k: metrics[m] for k, m in _PROGRESS_FAILURES.items() if metrics.get(m)}
 
 
 def reward_columns(prompts: list[Prompt], completions: list[list]) -> dict[str, list]:

@@ -71,5 +71,6 @@ class RolloutAhead:
         ready, self.ready, self.resume_position = self.ready, None, None
         return ready
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """`wait=False` (a Ctrl-C): leave a collection in progress to die with the actors."""
+        self.executor.shutdown(wait=wait, cancel_futures=True)

@@ -7,6 +7,8 @@ raises); the service actor must survive it and keep scoring.
 
 from __future__ import annotations
 
+import logging
+import re
 import textwrap
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from rl_pipeline.config import RewardsConfig
-from rl_pipeline.workers.reward import RewardService, score_batch
+from rl_pipeline.workers.reward import RewardFunctionError, RewardService, score_batch
 
 PROMPTS = ["What is 2+2?", "What is 3*3?", "Name a prime.", "What is 10/4?"]
 COMPLETIONS = ["<think>2+2</think> \\boxed{4}", "It is \\boxed{6}.", "<think>7 is prime</think> 7", "2.5"]
@@ -84,11 +86,14 @@ def faults_file(tmp_path_factory) -> Path:
             if "raise" in completions[0]:
                 raise ValueError("injected failure")
             return [0.5]
+
+        def nothing(prompts, completions, **_):
+            return None  # injected fault: breaks the reward API
     """))
     return path
 
 
-def test_service_matches_plain_scorer_and_survives_faults(ray_local, faults_file):
+def test_service_matches_plain_scorer_and_survives_faults(ray_local, faults_file, caplog):
     cfg = RewardsConfig(functions=[{"name": "math"}, {"name": "format", "weight": 0.5},
                                    {"name": f"{faults_file}:fragile", "weight": 2.0}],
                         num_workers=2, timeout_s=2.0, failure_score=-1.0)
@@ -101,13 +106,34 @@ def test_service_matches_plain_scorer_and_survives_faults(ray_local, faults_file
         assert result.components["math"] == [1.0, 0.0, 1.0, 1.0]
         assert result.components["format"] == [1.0, 0.0, 1.0, 0.0]
         assert result.total == pytest.approx([2.5, 1.0, 2.5, 2.0])  # math + 0.5 * format + 2 * 0.5
-        faulty = service.score(["q"] * 3, ["sleep", "raise", "fine"], {"ground_truth": ["1"] * 3})
+        with caplog.at_level(logging.WARNING, logger="rl_pipeline.workers.reward"):
+            faulty = service.score(["q"] * 3, ["sleep", "raise", "fine"], {"ground_truth": ["1"] * 3})
         assert faulty.components["fragile"] == [-1.0, -1.0, 0.5]
         assert faulty.metrics["reward/timeouts"] == 1.0 and faulty.metrics["reward/errors"] == 1.0
+        # The driver's console names the function, its counts and first message (the traceback
+        # stays in the actor's log).
+        assert [r.getMessage() for r in caplog.records] == [
+            "reward 'fragile': 1 raised, 1 timed out of 3 samples in this batch, scored -1; first: timed out "
+            "after 2 s; limits: rewards.timeout_s 2 s a sample, rewards.batch_timeout_s 60 s a batch"]
         again = service.score(PROMPTS, COMPLETIONS, columns)  # the actor and its pool live on
         assert again.total == result.total and again.metrics["reward/errors"] == 0.0
     finally:
         service.shutdown()
+
+
+def test_service_raises_an_api_breach_as_one_line(ray_local, faults_file):
+    """A function returning None: the driver gets the one-line RewardFunctionError (what `rlp`
+    prints), not the actor's traceback around it."""
+    cfg = RewardsConfig(functions=[{"name": "math"}, {"name": f"{faults_file}:nothing"}])
+    service = RewardService.start(cfg)
+    try:
+        with pytest.raises(RewardFunctionError) as raised:
+            service.score(["q"], ["1"], {"ground_truth": ["1"]})
+    finally:
+        service.shutdown()
+    message = str(raised.value)
+    assert type(raised.value) is RewardFunctionError and "\n" not in message
+    assert re.match(r"rewards.functions\[1\]: reward '.*service_faults.py:nothing' .* returned None", message)
 
 
 @pytest.mark.parametrize("model_fixture", ["seq_cls_tiny", "seq_cls_minilm"])
@@ -147,8 +173,8 @@ def test_code_sandbox_works_inside_the_service(ray_local):
 
 
 def test_stateful_reward_timeout_restarts_its_actor(ray_local, tmp_path):
-    """Injected fault: a stateful reward whose call sleeps when told to; its actor is killed on
-    the batch timeout, the batch counts as timeouts, and the next call gets a fresh actor."""
+    """Injected fault: a stateful reward whose call sleeps when told to; its actor is killed at
+    the batch deadline, the batch counts as timeouts, and the next call gets a fresh actor."""
     path = tmp_path / "slow_model.py"
     path.write_text(textwrap.dedent("""
         import time
@@ -163,10 +189,10 @@ def test_stateful_reward_timeout_restarts_its_actor(ray_local, tmp_path):
                 return [self.value] * len(completions)
     """))
     cfg = RewardsConfig(functions=[{"name": f"{path}:SlowModel", "kwargs": {"value": 0.75}}],
-                        timeout_s=1.0, failure_score=-1.0)
+                        batch_timeout_s=2.0, failure_score=-1.0)
     service = RewardService.start(cfg)
     try:
-        stalled = service.score(["q", "q"], ["stall", "x"])  # budget: 1 s x 2 samples
+        stalled = service.score(["q", "q"], ["stall", "x"])  # the batch deadline: 2 s
         assert stalled.components["SlowModel"] == [-1.0, -1.0] and stalled.metrics["reward/timeouts"] == 2.0
         assert service.score(["q"], ["x"]).components["SlowModel"] == [0.75]
     finally:
