@@ -2,11 +2,13 @@
 
 Sources: a jsonl/json/parquet/csv file, a folder of such files (e.g. a distillation output),
 or a hub name. Formats: `messages` (chat turns), `prompt_completion`, and `prompt` (prompt-only
-rows with ground-truth columns, for RL). Errors name the file, the recipe key and the columns.
+rows with ground-truth columns, for RL). Errors name the file, the recipe key and the columns
+(and the line of a jsonl file that does not parse).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -52,6 +54,27 @@ def _files_hold_no_rows(builder: str, files: list[str]) -> bool:
         return False
 
 
+def _first_bad_json_line(files: list[str]) -> str | None:
+    """'FILE line N: what is wrong' for the first line of a jsonl file that is not one JSON object
+    (or the position in a .json file that does not parse); None when every file parses. Read only
+    after `datasets` failed: its message gives a byte block or nothing, never the line."""
+    for name in files:
+        try:
+            if not name.endswith(".jsonl"):
+                json.loads(Path(name).read_text())
+                continue
+            with open(name, encoding="utf-8") as f:
+                for number, line in enumerate(f, start=1):
+                    if line.strip() and not isinstance(json.loads(line), dict):
+                        return f"{name} line {number}: not a JSON object (one object per line expected)"
+        except json.JSONDecodeError as exc:
+            number = exc.lineno if not name.endswith(".jsonl") else number
+            return f"{name} line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"{name}: cannot be read as UTF-8 text ({exc})"
+    return None
+
+
 def load_rows(spec: DatasetConfig, key: str = "data.train"):
     """Load the dataset a recipe entry names; raise DataError naming `key` when it is unusable."""
     import datasets
@@ -65,6 +88,9 @@ def load_rows(spec: DatasetConfig, key: str = "data.train"):
     except Exception as exc:  # the datasets library raises many types; keep the cause visible
         if files is not None and _files_hold_no_rows(builder, files):
             raise DataError(f"{key}: dataset '{spec.path}' has no rows") from None
+        bad_line = _first_bad_json_line(files) if builder == "json" and files else None
+        if bad_line:
+            raise DataError(f"{key}: {bad_line}") from None
         raise DataError(f"{key}: could not load '{spec.path}': {type(exc).__name__}: {exc}") from exc
     if spec.limit is not None:
         ds = ds.select(range(min(spec.limit, len(ds))))

@@ -7,6 +7,7 @@ recipe key, without starting Ray.
   eval (and the teacher's and reward models' paths), not a minute of hub retries and a traceback.
   The unreachable hub is real: HF_ENDPOINT points at a local port nothing listens on.
 - `--resume` of a run directory that holds no checkpoint says it starts from step 0.
+- a malformed jsonl line is named by its line number.
 """
 
 from __future__ import annotations
@@ -121,3 +122,20 @@ def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, caplog
     assert [r.getMessage() for r in caplog.records] == [
         f"--resume: {tmp_path / 'run'} has no checkpoint yet (one is written every sft.save_every steps); "
         "starting from step 0"]
+
+
+def test_a_malformed_jsonl_line_is_named_by_its_line_number(tmp_path):
+    # Before the fix: "could not load ...: DatasetGenerationError: An error occurred while
+    # generating the dataset" (the line only in a log line of pyarrow's, as "row 2").
+    from rl_pipeline.config import DatasetConfig
+    from rl_pipeline.data.loading import DataError, load_rows
+
+    rows = ['{"prompt": "1+1=", "ground_truth": "2"}'] * 40 + ['{"prompt": "3+3=" "ground_truth": "6"}', "[1, 2]"]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        load_rows(DatasetConfig(path=str(path)), "data.eval")
+    assert str(err.value) == f"data.eval: {path} line 41: not valid JSON (Expecting ',' delimiter at column 19)"
+    path.write_text("\n".join(rows[:40] + rows[41:]) + "\n")
+    with pytest.raises(DataError, match=r"^data\.eval: .*train\.jsonl line 41: not a JSON object"):
+        load_rows(DatasetConfig(path=str(path)), "data.eval")
