@@ -150,5 +150,5 @@ def test_bad_paths(tmp_path):
 def test_unparseable_file_names_key_and_file(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"prompt": "a"}\n{"prompt": \n')
-    with pytest.raises(DataError, match=r"data.train: could not load '.*broken.jsonl'"):
+    with pytest.raises(DataError, match=r"^data\.train: .*broken\.jsonl line 2: not valid JSON"):
         load_rows(DatasetConfig(path=str(path)))
