@@ -9,9 +9,10 @@ else the text after ``</think>``, else the whole completion. Tests come from the
   program exits 0 and its output matches (whitespace-separated tokens compared). The expected
   output never enters the sandbox: the caller compares.
 - assert-style tests: a list of strings or one string of Python. Top-level ``assert``
-  statements are the tests, other statements (imports, helpers) are setup. The verdict is
-  computed where the program cannot reach it: see ``rewards.code_asserts`` for the design and
-  for exactly which attacks it stops and which it does not.
+  statements are the tests, other statements (imports, helpers) are setup. The setup and the
+  expected values never enter the program's process and the verdict is computed where the
+  program cannot reach it: see ``rewards.code_asserts`` for the design and for exactly which
+  attacks it stops and which it does not, and ``rewards.code_split`` for how names resolve.
 - JSON strings of either form are decoded first.
 
 Score = fraction of tests passed, in [0, 1] by construction; ``None`` for a row without tests.

@@ -293,8 +293,11 @@ def _resolve(test: SplitTest, claims: list[object]) -> tuple[ast.Expression, dic
 
 def _is_safe(verdict: ast.Expression) -> bool:
     """Whether the verdict can be evaluated in this process: plain data, pure built-ins only."""
-    return all(isinstance(n, SAFE_NODES) for n in ast.walk(verdict)) and all(
-        n.id in SAFE_FUNCTIONS or re.fullmatch(r"_v[0-9]+", n.id) for n in ast.walk(verdict) if isinstance(n, ast.Name))
+    nodes = list(ast.walk(verdict))
+    return all(isinstance(n, SAFE_NODES) for n in nodes) and all(
+        n.id in SAFE_FUNCTIONS or re.fullmatch(r"_v[0-9]+", n.id) for n in nodes if isinstance(n, ast.Name)) and not any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "sum" and (len(n.args) > 1 or n.keywords)
+        for n in nodes)  # sum(lists, []) is quadratic in the number of lists
 
 
 def _evaluate_here(verdict: ast.Expression, values: dict) -> bool:

@@ -79,15 +79,23 @@ def split_suite(setup: str, tests: tuple[str, ...]) -> SplitSuite:
     """Split every assert of a suite; UnsplittableTest names what cannot be split."""
     scope = _Scope()
     statements = ast.parse(setup).body if setup.strip() else []
+    needs_program = set(range(len(statements)))
+    changed = True
+    while changed:  # a statement is the tests' if it needs only builtins and the tests' names
+        changed = False  # (to a fixed point: helpers may call helpers defined below them)
+        for i in sorted(needs_program):
+            if _free_names(statements[i]) - _bound_names(statements[i]) <= BUILTIN_NAMES | scope.trusted:
+                needs_program.discard(i)
+                scope.trusted |= _bound_names(statements[i])
+                changed = True
     trusted, program = [], []
-    for statement in statements:
+    for i, statement in enumerate(statements):
         if isinstance(statement, (ast.Import, ast.ImportFrom)):
             program.append(statement)  # a module is no secret; programs may rely on the tests' imports
-        if _free_names(statement) - _bound_names(statement) <= BUILTIN_NAMES | scope.trusted:
-            trusted.append(statement)
-            scope.trusted |= _bound_names(statement)
-        else:
+        if i in needs_program:
             program.append(scope.program_statement(statement))
+        else:
+            trusted.append(statement)
     split = tuple(scope.split_test(source) for source in tests)
     libraries = [ast.Import([ast.alias(name)]) for name in sorted(scope.libraries)]
     return SplitSuite(
@@ -186,7 +194,8 @@ class _Scope:
         if free & self.local:
             raise UnsplittableTest(f"{self.owner}: it calls the program inside a comprehension or lambda; "
                                    "write one assert per case")
-        if not any(self.program_name(n) for n in free) and free & self.trusted:
+        whole = not isinstance(node, (ast.Starred, ast.Slice))  # `*args`, `a:b` are not values
+        if whole and not any(self.program_name(n) for n in free) and free & self.trusted:
             self.inputs.append((ast.unparse(node), self.owner))
             return ast.Name(f"_a{len(self.inputs) - 1}", ast.Load())
         for field, value in ast.iter_fields(node):

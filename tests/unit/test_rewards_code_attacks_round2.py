@@ -12,6 +12,7 @@ hash-colliding ints, an honest int over 4,300 digits. Written attack-first: the 
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
@@ -48,6 +49,10 @@ SETUP_LEAKS = {  # (program, tests): the program answers from the tests' own set
     "bound expected value": ("def answer():\n    return E0", ["E0 = 42", "assert answer() == E0"]),
     "reference helper": ("def square(n):\n    return ref(n)",
                          ["def ref(n):\n    return n * n", "assert square(3) == ref(3)", "assert square(4) == ref(4)"]),
+    "files beside it": ("import os, re\ndef answer():\n    text = ''.join(open(n, errors='replace').read() "
+                        "for n in os.listdir('.') if os.path.isfile(n))\n"
+                        "    m = re.search(r'E0 = (\\d+)', text)\n    return int(m.group(1)) if m else -1",
+                        ["E0 = 42", "assert answer() == E0"]),
     "globals scan": ("def answer():\n    return [v for k, v in globals().items() if k.startswith('EXP')][0]",
                      ["EXPECTED = [3, 1, 4]", "assert answer() == EXPECTED"]),
 }
@@ -60,7 +65,8 @@ def test_the_program_never_holds_the_tests_setup(leak):  # 1.0 before, each
 
 
 def test_setup_values_still_reach_the_program_as_arguments():
-    tests = ["import math", "K = 3", "def ref(n):\n    return n * n", "NUMS = [1, 2, 3]",
+    tests = ["import math", "K = 3", "def ref(n):\n    return helper(n)", "def helper(n):\n    return n * n",
+             "NUMS = [1, 2, 3]",
              "assert square(K) == ref(K)", "assert square(len(NUMS)) == 9", "assert total(NUMS) == 6",
              "assert root(16) == math.isqrt(16)"]
     program = ("import math\ndef square(n):\n    return n * n\ndef total(xs):\n    return sum(xs)\n"
@@ -99,6 +105,20 @@ def test_honest_library_and_method_calls_still_pass():
 def test_a_setup_statement_that_cannot_be_split_is_refused_naming_it():
     with pytest.raises(UnsplittableTest, match=r"check = lambda"):
         score("def f(x):\n    return x", ["check = lambda x: f(x) == x", "assert check(1)"])
+
+
+def test_an_argument_that_is_not_plain_data_is_refused_naming_the_test():
+    tests = ["class Node:\n    def __init__(self, v):\n        self.v = v", "assert depth(Node(1)) == 1"]
+    with pytest.raises(UnsplittableTest, match=r"test 'assert depth\(Node\(1\)\) == 1'.*not plain data"):
+        score("def depth(node):\n    return 1", tests)
+
+
+def test_a_quadratic_sum_in_a_verdict_is_left_to_the_sandbox():
+    from rewards.code_asserts import _is_safe
+
+    assert _is_safe(ast.parse("sum(_v0) == 3", mode="eval"))
+    assert not _is_safe(ast.parse("sum(_v0, []) == [1]", mode="eval"))
+    assert not _is_safe(ast.parse("_v0 // 7 == 1", mode="eval"))  # big-int division is quadratic
 
 
 # Class 5: the decoders of the trusted side.
