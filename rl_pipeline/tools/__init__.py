@@ -7,6 +7,12 @@ call and whose return value (anything ``str()`` can print) is what the model rea
     def lookup(key: str, default: str = "") -> str:
         \"\"\"Look a key up in the table.\"\"\"
 
+Tools run where a timeout can stop them: each call of a tool runs in a worker process
+(``rl_pipeline.tools.processes``), killed when it overruns ``tools.timeout_s``, so a tool must
+be importable there (a module-level function of a module or file). Tools registered with
+``inline=True`` run on a driver thread instead, which saves the process round trip but cannot
+be stopped: only tools whose cost is bounded by construction (the built-ins) are inline.
+
 Three ways to name a tool in a recipe's ``tools.functions``, as for rewards: a registered name
 (built-ins: ``calculator``, ``python``), ``"package.module:function"`` or
 ``"path/to/file.py:function"``. :func:`schema` gives the JSON schema of a tool's arguments from
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +37,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 BUILTIN_MODULES = ("rl_pipeline.tools.builtin",)
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
+_INLINE_ATTR = "_rlp_tool_inline"  # set on a function registered inline=True
+_FILE_MODULES = "rl_pipeline_user_rewards."  # how rewards._import_file names a module loaded by path
 
 # Python annotation -> JSON-schema type; anything else is left untyped ({}).
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
@@ -39,8 +48,10 @@ class ToolError(Exception):
     """A tool name that does not resolve, or a registration clash."""
 
 
-def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a tool function under ``name`` (the name the model calls)."""
+def register(name: str, inline: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a tool function under ``name`` (the name the model calls).
+    ``inline=True`` runs it on a driver thread, not in a worker process: only for a tool whose
+    every call is cheap whatever its arguments (an overrun there cannot be stopped)."""
 
     from rewards import _qualname  # "module.qualname", as the reward registry names clashes
 
@@ -50,6 +61,8 @@ def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             raise ToolError(f"tool name {name!r} is already registered to {_qualname(existing)}; "
                             f"cannot register {_qualname(fn)} under the same name")
         _REGISTRY[name] = fn
+        if inline:
+            setattr(fn, _INLINE_ATTR, True)
         return fn
 
     return decorator
@@ -140,6 +153,26 @@ class Tool:
         params["required"] = [k for k in params["required"] if k not in hidden]
         return full
 
+    @property
+    def inline(self) -> bool:
+        """Runs on a driver thread (registered ``inline=True``), not in a worker process."""
+        return bool(getattr(self.fn, _INLINE_ATTR, False))
+
+    @property
+    def locator(self) -> str:
+        """``module:function`` or ``file.py:function`` a worker process imports this tool by;
+        ToolError when it has none (a nested function, a lambda, a callable object)."""
+        qualname, module = getattr(self.fn, "__qualname__", ""), sys.modules.get(getattr(self.fn, "__module__", ""))
+        by_path = module is not None and (module.__name__ == "__main__" or module.__name__.startswith(_FILE_MODULES))
+        if (not qualname.isidentifier() or module is None or getattr(module, qualname, None) is not self.fn
+                or (by_path and not getattr(module, "__file__", None))):
+            raise ToolError(f"tool {self.name!r} ({self.fn!r}) cannot be imported by a worker process: "
+                            "define it at module level of a module or a .py file")
+        # A script's functions and files loaded by path (rewards._import_file) import by their path.
+        if by_path:
+            return f"{module.__file__}:{qualname}"
+        return f"{module.__name__}:{qualname}"
+
     def __call__(self, arguments: dict[str, Any]) -> str:
         return str(self.fn(**arguments, **self.kwargs))
 
@@ -162,6 +195,11 @@ def load(specs: list[tuple[str, dict[str, Any]]]) -> dict[str, Tool]:
         if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             raise ToolError(f"{where}: unknown keyword argument(s) {unknown}; it accepts: {', '.join(params)}")
         tools[name] = Tool(name, fn, dict(kwargs))
+        if not tools[name].inline:
+            try:
+                tools[name].locator
+            except ToolError as exc:
+                raise ToolError(f"{where}: {exc}") from None
     return tools
 
 

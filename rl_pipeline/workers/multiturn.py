@@ -120,15 +120,19 @@ class MultiTurnRollout:
             if not active:
                 break
             outputs = self._sample_turn(active, turn, n, prompt_token_ids, sampling, seed)
-            last_turn = turn == self.cfg.max_turns - 1
-            wants_reply = [s for s, out in zip(active, outputs) if self._add_turn(s, out, last_turn)]
-            begin = time.perf_counter()
-            replies = self._replies(wants_reply)
-            self.last_tool_wall_s += time.perf_counter() - begin
-            for state, messages in zip(wants_reply, replies):
-                if messages is not None:
-                    self._add_reply(state, messages, last_turn)
+            self._advance(active, outputs, last_turn=turn == self.cfg.max_turns - 1)
         return [[s.traj for s in live[i * n:(i + 1) * n]] for i in range(len(prompt_token_ids))]
+
+    def _advance(self, active: list[_Live], outputs: list[Completion], last_turn: bool) -> None:
+        """Append one sampled turn per active trajectory, run its tool calls (or step its
+        environment) and append the replies: everything a turn does after the engine call."""
+        wants_reply = [s for s, out in zip(active, outputs) if self._add_turn(s, out, last_turn)]
+        begin = time.perf_counter()
+        replies = self._replies(wants_reply)
+        self.last_tool_wall_s += time.perf_counter() - begin
+        for state, messages in zip(wants_reply, replies):
+            if messages is not None:
+                self._add_reply(state, messages, last_turn)
 
     def _sample_turn(self, active: list[_Live], turn: int, n: int, prompt_token_ids, sampling, seed) -> list:
         """One turn of every active trajectory in one engine call; the first turn samples n per prompt."""

@@ -4,8 +4,6 @@ loss mask through the GRPO batch."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from rl_pipeline import tools
@@ -94,47 +92,49 @@ def test_parse_tool_calls_reads_qwen_markup():
     assert parse_tool_calls("no call here") == []
 
 
-def _runner(timeout_s: float = 0.3) -> ToolRunner:
-    release = threading.Event()
+USER_RUNTIME_TOOLS = '''
+import time
 
-    def sleepy(seconds: float) -> str:
-        release.wait(seconds)
-        return f"slept {seconds}"
+def sleepy(seconds: float) -> str:
+    time.sleep(seconds)
+    return f"slept {seconds}"
 
-    def broken() -> str:
-        raise RuntimeError("disk on fire")
-
-    loaded = {"calculator": tools.Tool("calculator", calculator), "sleepy": tools.Tool("sleepy", sleepy),
-              "broken": tools.Tool("broken", broken)}
-    runner = ToolRunner(loaded, timeout_s=timeout_s, max_concurrency=4)
-    runner.release = release  # lets the test free the abandoned thread at the end
-    return runner
+def broken() -> str:
+    raise RuntimeError("disk on fire")
+'''
 
 
-def test_runner_times_out_counts_and_answers_every_failure_as_a_message():
-    runner = _runner(timeout_s=0.3)
+def _runner(tmp_path, timeout_s: float = 0.3) -> ToolRunner:
+    """The calculator (inline) beside two user tools (worker processes) from a file."""
+    (tmp_path / "runtime_tools.py").write_text(USER_RUNTIME_TOOLS)
+    loaded = tools.load([("calculator", {}), (f"{tmp_path}/runtime_tools.py:sleepy", {}),
+                         (f"{tmp_path}/runtime_tools.py:broken", {})])
+    return ToolRunner(loaded, timeout_s=timeout_s, max_concurrency=4)
+
+
+def test_runner_times_out_counts_and_answers_every_failure_as_a_message(tmp_path):
+    runner = _runner(tmp_path, timeout_s=0.3)
     try:
         calls = [ToolCall("sleepy", {"seconds": 30.0}), ToolCall("calculator", {"expression": "2*21"}),
                  ToolCall("broken", {}), ToolCall("nope", {}), ToolCall("calculator", {"expr": "1"}),
                  ToolCall("", None, "the tool call is not valid JSON")]
         results = runner.run(calls)
         assert [r.status for r in results] == ["timeout", "ok", "error", "invalid", "invalid", "invalid"]
-        assert results[0].output == "error: tool 'sleepy' timed out after 0.3 s"
+        assert results[0].output == "error: timeout: tool 'sleepy' ran past its 0.3 s limit and was stopped"
         assert results[1].output == "42"
         assert results[2].output == "error: RuntimeError: disk on fire"
         assert results[3].output.startswith("error: unknown tool 'nope'; tools are: broken, calculator, sleepy")
         assert "missing arguments ['expression']" in results[4].output
-        # The stuck thread was abandoned: the next turn's calls still run on fresh threads.
+        # The stuck worker was killed: the next turn's calls still run, on fresh workers.
         assert [r.output for r in runner.run([ToolCall("sleepy", {"seconds": 0.0})] * 4)] == ["slept 0.0"] * 4
     finally:
-        runner.release.set()
         runner.close()
 
 
-def test_runner_limits_run_time_not_queue_time():
+def test_runner_limits_run_time_not_queue_time(tmp_path):
     # 8 calls of 0.2 s on 4 threads: the second four wait ~0.2 s for a thread, then run 0.2 s.
-    # Their 0.3 s limit counts from their start, so none times out.
-    runner = _runner(timeout_s=0.3)
+    # Their 0.3 s limit counts from their start (a ready worker), so none times out.
+    runner = _runner(tmp_path, timeout_s=0.3)
     try:
         results = runner.run([ToolCall("sleepy", {"seconds": 0.2})] * 8)
         assert [r.status for r in results] == ["ok"] * 8
