@@ -61,6 +61,7 @@ class Outcome:
     status: str
     score: float | None = None
     error: str | None = None
+    started: bool = True  # False: a timeout of a sample the batch deadline left in the queue
 
 
 class _Worker:
@@ -132,7 +133,7 @@ class SamplePool:
                 outcomes[worker.task] = Outcome("timeout", error=f"still running at {why}")
                 self._replace(worker)  # its replacement starts now, ready before the next batch
         while queue:
-            outcomes[queue.popleft()] = Outcome("timeout", error=f"not started by {why}")
+            outcomes[queue.popleft()] = Outcome("timeout", error=f"not started by {why}", started=False)
 
     def _expire(self, worker: _Worker, outcomes: list[Outcome | None], timeout_s: float) -> None:
         if worker.task is None:

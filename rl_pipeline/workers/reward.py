@@ -194,6 +194,7 @@ class RewardScorer:
         self.pool = SamplePool(pool_specs, config.num_workers) if pool_specs else None
         self.hosts = {i: host_factory(s.name, dict(s.kwargs)) for i, s in enumerate(self.specs) if self.stateful[i]}
         self._logged: set[str] = set()
+        self._slow: set[int] = set()  # functions with timeouts in the last batch
 
     def score(self, prompts: list[str], completions: list[str],
               columns: dict[str, list] | None = None) -> RewardResult:
@@ -220,14 +221,18 @@ class RewardScorer:
         pool_index = [i for i, st in enumerate(self.stateful) if not st]
         if not pool_index or not completions:
             return outcomes
+        # The pool takes tasks in order: functions that timed out last batch go last, so that a
+        # slow function does not keep the fast ones from being scored before the deadline.
+        order = sorted(range(len(pool_index)), key=lambda k: pool_index[k] in self._slow)
         tasks = [
             Task(k, prompts[j], completions[j], {key: values[j] for key, values in columns.items()})
-            for k in range(len(pool_index)) for j in range(len(completions))
+            for k in order for j in range(len(completions))
         ]
         flat = self.pool.run(tasks, self.config.timeout_s, deadline)
         n = len(completions)
-        for k, i in enumerate(pool_index):
-            outcomes[i] = flat[k * n:(k + 1) * n]
+        for position, k in enumerate(order):
+            outcomes[pool_index[k]] = flat[position * n:(position + 1) * n]
+        self._slow = {i for i in pool_index if any(o.status == "timeout" and o.started for o in outcomes[i])}
         return outcomes
 
     def _collect_stateful(self, i: int, host: Any, handle: Any, n: int, deadline: float) -> list[Outcome]:

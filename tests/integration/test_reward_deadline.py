@@ -67,7 +67,7 @@ def tiny_recipe(model_dir: Path, task_dir: Path, out: Path, functions: list[dict
 def test_slow_and_raising_rewards_are_bounded_and_named(ray_local, tiny_model_dir, task_dir, tmp_path,
                                                          user_rewards, caplog):
     functions = [{"name": "math", "kwargs": {"answer_after": None}},
-                 {"name": f"{user_rewards}:sleeps", "weight": 0.5}, {"name": f"{user_rewards}:picky"}]
+                 {"name": f"{user_rewards}:picky"}, {"name": f"{user_rewards}:sleeps", "weight": 0.5}]
     recipe = parse_recipe(tiny_recipe(tiny_model_dir, task_dir, tmp_path, functions))
     with caplog.at_level(logging.INFO):
         result = train_grpo(recipe, run_dir=tmp_path / "run")

@@ -132,16 +132,19 @@ def test_api_violations_raise_one_line_naming_the_function_row_and_value(faults_
 def test_batch_deadline_bounds_a_slow_function(faults_file):
     """Injected fault: a function sleeping 30 s a sample, 8 samples on 2 workers with the per-sample
     timeout at its default (10 s, which alone would take 8 x 10 / 2 = 40 s). The batch deadline
-    (1 s) ends the batch: the 2 samples in flight are killed (2 worker restarts, not 8), the other
-    6 never start, and all 8 score failure_score as timeouts."""
-    cfg = config({"name": "format"}, {"name": f"{faults_file}:sleeps"}, batch_timeout_s=1.0, failure_score=-1.0)
+    (3 s) ends the batch: the 2 samples in flight are killed (2 worker restarts, not 8), the other
+    6 never start, and all 8 score failure_score as timeouts. Listed first, it also kept the fast
+    function from starting in that batch; in the next it goes last and the fast one is scored."""
+    cfg = config({"name": f"{faults_file}:sleeps"}, {"name": "format"}, batch_timeout_s=3.0, failure_score=-1.0)
     with RewardScorer(cfg) as scorer:
         result = scorer.score(["q"] * 8, ["x"] * 8)
-        assert result.components["sleeps"] == [-1.0] * 8
-        assert result.components["format"] == [0.0] * 8  # the fast function is scored in full
-        assert result.metrics["reward/sleeps/timeouts"] == 8.0 and result.metrics["reward/format/timeouts"] == 0.0
+        assert result.components["sleeps"] == [-1.0] * 8 and result.metrics["reward/sleeps/timeouts"] == 8.0
         assert scorer.pool.restarts == 2
-        assert result.failures == {"sleeps": "still running at the batch deadline"}
+        assert result.failures["sleeps"] == "still running at the batch deadline"
+        assert result.metrics["reward/format/timeouts"] == 8.0  # starved behind the slow one
+        again = scorer.score(["q"] * 8, ["x"] * 8)
+        assert again.components["format"] == [0.0] * 8 and again.metrics["reward/format/timeouts"] == 0.0
+        assert again.metrics["reward/sleeps/timeouts"] == 8.0 and list(again.failures) == ["sleeps"]
 
 
 def test_failures_reach_the_console_once_per_function_with_count_and_first_message(faults_file, caplog):
