@@ -245,6 +245,8 @@ def distill_cmd(
                    f"(acceptance {k['acceptance_rate']:.3f}, {k['problems_with_accepted']} problems)")
     if result.empty_reason:
         typer.echo(f"empty dataset: {result.empty_reason}")
+    elif result.low_acceptance:
+        typer.echo(f"warning: {result.low_acceptance}", err=True)
     trainer = "rlp rm" if recipe_obj.distill.pairs else "rlp sft"
     typer.echo(f"dataset: {result.output} ({result.rows} rows; stats.json, README.md)")
     # RECIPE is any recipe of that command whose data.train.format is auto (the default): the

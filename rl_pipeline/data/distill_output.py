@@ -184,12 +184,15 @@ def dataset_card(stats: dict[str, Any], fmt: str) -> str:
                      f"{_fmt(k['response_tokens_mean_accepted'])} | {_fmt(k['reward_mean_accepted'])} |")
     if stats.get("empty_reason"):
         lines += ["", f"**Empty**: {stats['empty_reason']}"]
+    elif stats.get("low_acceptance"):
+        lines += ["", f"**Warning**: {stats['low_acceptance']}"]
     lines += [
         "",
         "Other columns: `problem_id`, `kind`, `sample` (index among the n samples), `reward` (weighted total),",
         "`rewards` (per component), `response_tokens`, `expert`. Counts are in `stats.json`.",
         "",
-        f"Train on it: `rlp sft RECIPE data.train.path=<this folder>/{DATA_DIR} data.train.format=messages`.",
+        f"Train on it: `rlp sft RECIPE data.train.path=<this folder>/{DATA_DIR}` (the `messages` column is "
+        "detected while RECIPE leaves data.train.format at auto).",
         "",
     ]
     return "\n".join(lines)

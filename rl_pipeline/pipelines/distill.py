@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.DOTALL)
 REJECT_REASONS = ("truncated", "too_short", "too_long", "below_threshold", "duplicate", "not_selected")
+# Below this share of samples kept, a finished run says so: 2 rows of 1,600 exit 0 like a success.
+LOW_ACCEPTANCE = 0.05
 
 
 def strip_think(text: str) -> str:
@@ -150,6 +152,10 @@ class DistillResult:
     @property
     def empty_reason(self) -> str | None:
         return self.stats.get("empty_reason")
+
+    @property
+    def low_acceptance(self) -> str | None:
+        return self.stats.get("low_acceptance")
 
 
 def check_distill_inputs(recipe: Recipe, output: str | Path | None = None) -> DistillInputs:
@@ -298,6 +304,8 @@ def run_distill(recipe: Recipe, output: str | Path | None = None, overwrite: boo
     store.finish(stats, dataset_card(stats, d.format) if d.pairs is None else preference_card(stats))
     if stats["empty_reason"]:
         log.warning("distill: the dataset is empty: %s", stats["empty_reason"])
+    elif stats["low_acceptance"]:
+        log.warning("distill: %s", stats["low_acceptance"])
     return DistillResult(inputs.output, stats["rows"], stats)
 
 
@@ -446,6 +454,8 @@ def summarize(done: dict[int, dict], recipe: Recipe, inputs: DistillInputs, tota
         "config": d.model_dump(mode="json"),
     }
     stats["empty_reason"] = _empty_reason(kinds, d) if rows == 0 else None
+    low = 0 < rows < LOW_ACCEPTANCE * generated
+    stats["low_acceptance"] = _low_acceptance(kinds, d, rows) if low else None
     return stats
 
 
@@ -454,15 +464,26 @@ def _mean(total: float, count: int) -> float | None:
 
 
 def _empty_reason(kinds: dict, d: DistillConfig) -> str:
-    rejected = Counter()
-    for k in kinds.values():
-        rejected.update(k["rejected"])
     generated = sum(k["generated"] for k in kinds.values())
     if generated == 0:
         return "no sample was generated"
+    return f"no sample was kept: of {generated} generated, " + _rejections(kinds, d)
+
+
+def _low_acceptance(kinds: dict, d: DistillConfig, rows: int) -> str:
+    generated = sum(k["generated"] for k in kinds.values())
+    return (f"low acceptance: kept only {rows} of {generated} samples ({rows / generated:.1%}, below "
+            f"{LOW_ACCEPTANCE:.0%}); rejected: {_rejections(kinds, d)}; an SFT on so few rows teaches little: "
+            "check that the expert (distill.expert) solves this task and that the rewards accept its answers")
+
+
+def _rejections(kinds: dict, d: DistillConfig) -> str:
+    """'1598 below threshold (distill.threshold=1.0; the highest total reward was 0.1), 3 truncated'."""
+    rejected = Counter()
+    for k in kinds.values():
+        rejected.update(k["rejected"])
     best = max((k["reward_max"] for k in kinds.values() if k["reward_max"] is not None), default=None)
-    parts = [f"{count} {reason.replace('_', ' ')}" for reason, count in rejected.items() if count]
-    text = f"no sample was kept: of {generated} generated, " + ", ".join(parts)
+    text = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in rejected.items() if count)
     if rejected["below_threshold"]:
         text += f" (distill.threshold={d.threshold}; the highest total reward was {best})"
     return text

@@ -8,6 +8,7 @@ recipe key, without starting Ray.
   The unreachable hub is real: HF_ENDPOINT points at a local port nothing listens on.
 - `--resume` of a run directory that holds no checkpoint says it starts from step 0.
 - a malformed jsonl line is named by its line number.
+- a distill run that keeps almost nothing (2 of 1,600 samples) warns, in stats.json and the card.
 """
 
 from __future__ import annotations
@@ -139,3 +140,40 @@ def test_a_malformed_jsonl_line_is_named_by_its_line_number(tmp_path):
     path.write_text("\n".join(rows[:40] + rows[41:]) + "\n")
     with pytest.raises(DataError, match=r"^data\.eval: .*train\.jsonl line 41: not a JSON object"):
         load_rows(DatasetConfig(path=str(path)), "data.eval")
+
+
+def _distill_stats(generated: int, accepted: int) -> dict:
+    """stats.json of a one-shard distill run of 800 problems x 2 samples, the expert kind only."""
+    from rl_pipeline.config import RolloutConfig
+    from rl_pipeline.pipelines.distill import DistillInputs, _empty_counts, summarize
+
+    recipe = parse_recipe_dict({"model": {"path": "m"}, "data": {"train": {"path": "t.jsonl"}},
+                                "rewards": {"functions": [{"name": "math"}]},
+                                "distill": {"expert": "e", "kinds": ["expert"], "system_prompt": "Check.",
+                                            "samples_per_prompt": 2}})
+    counts = _empty_counts(["math"])
+    counts.update(generated=generated, accepted=accepted, problems_with_accepted=accepted, reward_max=1.0,
+                  reward_sum_accepted=float(accepted))
+    counts["rejected"]["below_threshold"] = generated - accepted
+    inputs = DistillInputs(None, [], 0, ["math"], RolloutConfig(), Path("out"), "f", "expert")
+    return summarize({0: {"problems": 800, "kinds": {"expert": counts}}}, recipe, inputs, 1)
+
+
+def parse_recipe_dict(raw: dict):
+    from rl_pipeline.config import parse_recipe
+
+    return parse_recipe(raw)
+
+
+def test_a_distill_run_that_keeps_almost_nothing_warns():
+    # Before the fix: 2 of 1,600 kept was a silent success (exit 0, no warning anywhere).
+    from rl_pipeline.data.distill_output import dataset_card
+
+    stats = _distill_stats(1600, 2)
+    assert stats["low_acceptance"] == (
+        "low acceptance: kept only 2 of 1600 samples (0.1%, below 5%); rejected: 1598 below threshold "
+        "(distill.threshold=1.0; the highest total reward was 1.0); an SFT on so few rows teaches little: check "
+        "that the expert (distill.expert) solves this task and that the rewards accept its answers")
+    assert "**Warning**: low acceptance: kept only 2 of 1600" in dataset_card(stats, "jsonl")
+    assert _distill_stats(1600, 80)["low_acceptance"] is None  # 5% kept: fine
+    assert _distill_stats(1600, 0)["low_acceptance"] is None  # empty: the empty_reason says it
