@@ -9,32 +9,52 @@ caller killed mid-run (a pool worker past its timeout) leaves no folder behind.
 
 The launcher (``_sandbox_init.py``) puts the program in new network, mount, PID, IPC and UTS
 namespaces (no network at all, only a down loopback; every process the program started dies
-with it, even after ``setsid``); its only writable place is a private tmpfs of
-``tmpfs_bytes`` at ``/tmp`` (its files in ``/tmp/sandbox``), every other mount is read-only and
-it holds no capability, so it can remount nothing. As root it runs as uid/gid 65534; a
-non-root caller gets a user namespace in which the program is uid 0 without capabilities.
+with it, even after ``setsid``) and on a new root (``pivot_root``) that holds only the Python
+runtime, read-only (the layout from :func:`rewards._sandbox_runtime.runtime_layout`: the
+interpreter, its standard library, the folders of the libraries it loads), ``/dev/null``,
+``/dev/zero``, ``/dev/urandom``, a fresh ``/proc`` and a private tmpfs of ``tmpfs_bytes`` at
+``/tmp`` (its files in ``/tmp/sandbox``, the only writable place): the host's tree (project,
+home folders, datasets, ``/work``, ``/srv``, ``/opt``, ``/mnt``) is not there to read. The
+program holds no capability, so it can remount nothing, and may create no namespace of any
+kind. As root it runs as uid/gid 65534 in a user namespace of its own (mapped to host 65534); a
+non-root caller's program is uid 0 without capabilities of the launcher's user namespace.
+Either way the user namespace is the run's own, so ``RLIMIT_NPROC`` counts this run's
+processes and threads only (kernel 5.14 and later), not those of every concurrent sandbox.
 
 Fail closed. Where the kernel refuses namespaces (unprivileged containers, a non-root pod
 without user namespaces) the launcher refuses to run the program (exit 126) unless the caller
 passes ``require_isolation=False`` (trusted local experiments only): then it runs with the
-limits but with the network on, the caller's files writable, and its files in a host
-temporary folder that a kill of the launcher can leave behind. :func:`isolation_problem` says,
-from a probe program run once per process, whether this machine isolates fully.
+limits but with the network on, the host's files visible, the caller's files writable, and its
+files in a host temporary folder that a kill of the launcher can leave behind. A layer that
+fails to build (a mount, the seccomp filter on an unknown architecture) ends the run before
+the program starts. :func:`isolation_problem` says, from a probe program run once per process,
+whether this machine isolates fully (no capability, no network, own PID namespace, nothing of
+the host's tree, no memfd, no nested user namespace, a kernel that counts processes per
+user namespace).
 
 Memory. ``memory_bytes`` bounds the whole process tree without cgroups: each process gets
 ``memory_bytes / processes`` of address space (RLIMIT_AS) and at most ``processes`` processes
-may exist (RLIMIT_NPROC, per uid: concurrent runs share it), plus the tmpfs. No cgroup is
-created: a memory-limited child cgroup needs a delegated cgroup v2 subtree, which neither the
-development nor the CI machine has; a worker run under a memory-limited cgroup (a Kubernetes
-container limit) is bounded by that as well.
+or threads may exist (RLIMIT_NPROC, per run). Memory that RLIMIT_AS does not count is closed
+or bounded: ``memfd_create``, ``memfd_secret`` and ``io_uring_setup`` are refused (seccomp);
+SysV shared memory and message queues are off in the run's IPC namespace; ``/dev/shm`` is an
+empty read-only folder; the only tmpfs is ``/tmp`` (``tmpfs_bytes``), and no nested namespace
+can mount another; pipe buffers are bounded by the kernel's per-user soft limit
+(``fs.pipe-user-pages-soft``, 64 MiB by default, shared by every sandbox of uid 65534) plus
+64 KiB per open pipe. No cgroup is created: a memory-limited child cgroup needs a delegated
+cgroup v2 subtree, which neither the development nor the CI machine has; a worker run under a
+memory-limited cgroup (a Kubernetes container limit) is bounded by that as well.
 
 Programs run as ``python -I -S -B``: the standard library only, no site-packages, no user
 site, no environment-driven imports. As root the interpreter must be executable by uid 65534,
 so a system Python (e.g. ``/usr/bin/python3``) is used when the caller's lives under ``/root``;
 the launcher runs on that interpreter too (it starts in ~6 ms, a venv's pyenv Python in ~20).
+The interpreter must not live under ``/tmp`` (the new root is built there).
 
-Not stopped: a program may use its CPU and memory budget as it likes, create nested user
-namespaces (their mounts stay locked read-only), and see the host's kernel (uname, /sys).
+Not stopped: a program may use its CPU and memory budget as it likes; socket buffers
+(``socketpair``, up to the kernel's ``wmem_max`` per socket and ``open_files`` sockets per
+process) and other kernel objects a process may hold per open file are bounded only through
+``open_files`` x ``processes``; it sees the host's kernel (``uname``, ``/proc/cpuinfo``,
+``/proc/meminfo``) and the names of the runtime's system libraries.
 """
 
 from __future__ import annotations
@@ -51,6 +71,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from rewards._sandbox_runtime import runtime_layout
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +148,7 @@ def run(
                 "PYTHONHASHSEED": "0", **(env or {})},
         "files": dict(files or {}),
         "uid": NOBODY, "gid": NOBODY,
+        "layout": runtime_layout(python or sandbox_python()),
         "limits": asdict(limits),
         "require_isolation": require_isolation,
     }
@@ -133,15 +156,23 @@ def run(
 
 
 PROBE = r"""
-import json, os
+import ctypes, json, os
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 caps = {key: int(status[key], 16) for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
 interfaces = [line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]]
-writable = [line.split()[4] for line in open("/proc/self/mountinfo")
-            if line.split()[4] != "/tmp" and os.access(line.split()[4].replace("\\040", " "), os.W_OK)]
+points = [line.split()[4].replace("\\040", " ") for line in open("/proc/self/mountinfo")]
+writable = [p for p in points if p != "/tmp" and not p.startswith("/dev/") and os.access(p, os.W_OK)]
+try:
+    os.close(os.memfd_create("probe"))
+    memfd = True
+except (OSError, AttributeError):
+    memfd = False
+nested = ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0
 print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "caps": caps, "interfaces": interfaces,
-                  "no_new_privs": int(status.get("NoNewPrivs", "0")), "writable_mounts": writable}))
+                  "no_new_privs": int(status.get("NoNewPrivs", "0")), "writable_mounts": writable,
+                  "root": sorted(os.listdir("/")), "memfd": memfd, "nested_userns": nested}))
 """
+ROOT_ENTRIES = {"usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "dev", "etc", "proc", "tmp"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -175,8 +206,18 @@ def isolation_problem(report: dict | None = None) -> str | None:
         (probe["pid"] != 2, f"the program is pid {probe['pid']}, not in its own PID namespace"),
         (os.geteuid() == 0 and probe["uid"] != NOBODY, f"a root caller's program runs as uid {probe['uid']}"),
         (probe["writable_mounts"], f"mounts {probe['writable_mounts']} are writable"),
+        (set(probe["root"]) - ROOT_ENTRIES, f"the host's {sorted(set(probe['root']) - ROOT_ENTRIES)} are visible"),
+        (probe["memfd"], "memfd_create is allowed (memory outside the address-space limit)"),
+        (probe["nested_userns"], "the program can create user namespaces (and mount a tmpfs of any size)"),
+        (_kernel() < (5, 14), f"kernel {_kernel()} counts RLIMIT_NPROC per host user across all sandboxes "
+                              "(5.14 and later count it per user namespace)"),
     ]
     return next((text for failed, text in problems if failed), None)
+
+
+def _kernel() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 class SandboxUnavailable(RuntimeError):

@@ -135,15 +135,18 @@ def test_a_killed_pool_worker_leaves_no_temporary_folder():
 @needs_tools
 def test_non_root_caller_gets_a_user_namespace_without_capabilities(tmp_path):
     """The sandbox driven by a non-root user (uid 1000) with the system Python: the venv lives
-    under /root, so the two sandbox modules are copied to a world-readable folder."""
+    under /root, so the three sandbox modules are copied to a world-readable package folder."""
     folder = Path(tempfile.mkdtemp(prefix="rlp-nonroot-test-"))
     try:
-        for name in ("sandbox.py", "_sandbox_init.py"):
-            shutil.copy(ROOT / "rewards" / name, folder / name)
-        folder.chmod(0o755)
-        for path in folder.iterdir():
+        (folder / "rewards").mkdir()
+        (folder / "rewards" / "__init__.py").write_text("")
+        for name in ("sandbox.py", "_sandbox_init.py", "_sandbox_runtime.py"):
+            shutil.copy(ROOT / "rewards" / name, folder / "rewards" / name)
+        for path in (folder, folder / "rewards"):
+            path.chmod(0o755)
+        for path in (folder / "rewards").iterdir():
             path.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
-        script = (f"import json, sys\nsys.path.insert(0, {str(folder)!r})\nimport sandbox\n"
+        script = (f"import json, sys\nsys.path.insert(0, {str(folder)!r})\nfrom rewards import sandbox\n"
                   f"attack = sandbox.run_python({mount_attack('/usr')!r}, require_isolation=False)\n"
                   "print(json.dumps({'problem': sandbox.isolation_problem(), 'report': sandbox.isolation(),"
                   " 'attack': attack.stdout, 'code': attack.returncode}))")
