@@ -39,9 +39,12 @@ DEFAULT_RUBRIC = (
     "Question: {prompt}\nReference answer: {ground_truth}\nAnswer to grade: {completion}\n"
     "Rate the answer's correctness from 0 to {max_score}. Reply with 'Score: <number>'."
 )
+# Linear time on any reply (a judge may echo what it grades): one "\s*" per gap, not two in a
+# row, and no match starts inside a run of digits (each run is scanned once, not once per digit).
+# The same matches as "score\s*[:=]?\s*(NUM)" and "(NUM)\s*/\s*NUM", which cost 19 s on 16 KB.
 SCORE_PATTERNS = (
-    re.compile(r"score\s*[:=]?\s*(-?\d+(?:\.\d+)?)", re.I),
-    re.compile(r"(-?\d+(?:\.\d+)?)\s*/\s*\d+(?:\.\d+)?"),
+    re.compile(r"score\s*(?:[:=]\s*)?(-?\d+(?:\.\d+)?)", re.I),
+    re.compile(r"(-?(?<!\d)\d+(?:\.\d+)?)\s*/\s*\d+(?:\.\d+)?"),
 )
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
