@@ -6,9 +6,12 @@ timeout path is exercised on purpose: a few math samples hang (an injected user 
 sleeps) and must be cut at ``--timeout`` by killing their worker; a few programs loop forever and
 must be stopped by the sandbox's CPU limit. Code is measured with stdin/stdout tests (one run
 per test) and with assert-style tests (three asserts per row, judged outside the program).
-Prints a table; run:
+The ``adversarial`` workload (issue 27) times each built-in reward's completion handling, in
+process, on 64 KB hostile completions (runs of spaces between tags, runs of numbers, unclosed
+LaTeX, power towers, ...) and prints each reward's worst case; a call is cut after
+``--adversarial-cap`` CPU seconds and shown as ``>cap``. Prints tables; run:
 
-    .venv/bin/python bench/rewards.py [--batch 1024] [--workers 2] [--workloads math,code]
+    .venv/bin/python bench/rewards.py [--batch 1024] [--workers 2] [--workloads math,code,adversarial]
 
 It imports ``rewards`` and ``rl_pipeline`` from the path, so the same script measures another
 checkout with ``PYTHONPATH=that/checkout``.
@@ -20,6 +23,7 @@ import argparse
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -141,7 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=2.0, help="per-sample timeout of the pool")
     parser.add_argument("--hangs", type=int, default=4, help="math samples that never return")
     parser.add_argument("--loops", type=int, default=8, help="programs that loop forever")
-    parser.add_argument("--workloads", default="math,code", help="comma-separated: math, code")
+    parser.add_argument("--workloads", default="math,code,adversarial",
+                        help="comma-separated: math, code, adversarial")
+    parser.add_argument("--adversarial-cap", type=float, default=20.0,
+                        help="CPU seconds after which one adversarial call is cut (reported as >cap)")
     args = parser.parse_args(argv)
     workloads = set(args.workloads.split(","))
     logging.basicConfig(level=logging.CRITICAL)  # the injected failures would log tracebacks
@@ -157,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|--------------------------|------------------------|-------|----------|---------|----------|----------|--------|")
     for row in rows:
         print(row.line())
+    if "adversarial" in workloads:
+        print_adversarial(args.adversarial_cap)
 
 
 def bench_math(args: argparse.Namespace, rng: random.Random) -> list[Row]:
@@ -189,6 +198,103 @@ def bench_code(args: argparse.Namespace, rng: random.Random) -> list[Row]:
     rows.append(run_pooled("code asserts (3 each)", "code", code_kwargs, completions, {"tests": tests},
                            args.workers, 10.0, 0))
     return rows
+
+
+KB64 = 64 * 1024
+
+
+def _fill(unit: str, prefix: str = "", suffix: str = "") -> str:
+    """``prefix``, then ``unit`` repeated, then ``suffix``: 64 KB in all."""
+    return prefix + unit * ((KB64 - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+
+ATTACKS = {  # name: 64 KB completion (the shapes that cost super-linear time before issue 27)
+    "spaces between tags": _fill(" ", "<think>a</think>", "<think>"),
+    "spaces in the block": _fill(" ", "<think>", "</answer>"),
+    "closing tags": _fill("</think> ", "<think>a</think>"),
+    "run of numbers": _fill("1 "),
+    "run of digits": _fill("1"),
+    "digits then words": _fill("1", "", " x"),
+    "numbers after ####": _fill("1 ", "#### "),
+    "numbers in a box": _fill("1 ", "\\boxed{"),
+    "minus signs": _fill("-1"),
+    "unclosed \\(": _fill("\\(1"),
+    "dollar signs": _fill("$1 "),
+    "score then spaces": _fill(" ", "score", "x"),
+    "long text, boxed at end": _fill("We add 3 and 4 to get 7. ", "", "So $\\boxed{42}$."),
+    "power tower": _fill("so ", "", "$\\boxed{9^{9^{9}}}$"),
+}
+
+
+class _Capped(BaseException):
+    """A BaseException, so a reward's ``except Exception`` cannot swallow the cut."""
+
+
+def _timed(fn, completion: str, cap_s: float) -> float:
+    """Wall seconds of one call, or inf when it used more than ``cap_s`` CPU seconds (SIGVTALRM:
+    not SIGALRM, which math-verify's own timeouts use)."""
+    def cut(*_):
+        raise _Capped
+
+    previous = signal.signal(signal.SIGVTALRM, cut)
+    signal.setitimer(signal.ITIMER_VIRTUAL, cap_s)
+    start = time.perf_counter()
+    try:
+        fn(completion)
+        return time.perf_counter() - start
+    except _Capped:
+        return float("inf")
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, previous)
+
+
+def _adversarial_rewards() -> dict:
+    """Each built-in reward's handling of one completion. ``code`` is timed up to the program it
+    would run (the sandbox bounds the run), ``judge`` on a 64 KB reply (its model is not run)."""
+    from rewards.code import extract_program
+    from rewards.model_based import parse_judge_score
+
+    fmt, fmt_answer = rewards.get("format"), rewards.get("format", answer_tag="answer")
+    length, math = rewards.get("length_penalty", max_length=4096), rewards.get("math")
+    math.target.warmup()
+    return {
+        "format": lambda c: fmt(["q"], [c]),
+        "format (answer_tag)": lambda c: fmt_answer(["q"], [c]),
+        "length_penalty": lambda c: length(["q"], [c]),
+        "math": lambda c: math(["q"], [c], ground_truth=["42"]),
+        "code (extract_program)": extract_program,
+        "judge (parse_judge_score)": parse_judge_score,
+    }
+
+
+def print_adversarial(cap_s: float) -> None:
+    """One row per hostile completion, one column per reward: wall ms of one call, then the worst."""
+    try:
+        import math_verify.parser as mv_parser
+    except ImportError:
+        mv_parser = None
+    fns = _adversarial_rewards()
+    print(f"\nadversarial: completions of 64 KB, ms per call (a call over {cap_s:g} CPU s is cut: >cap); "
+          f"rewards: {', '.join(f'{i}={name}' for i, name in enumerate(fns))}")
+    print("| completion                |" + "".join(f" {i:>8} |" for i in range(len(fns))))
+    print("|---------------------------|" + "----------|" * len(fns))
+    worst = [0.0] * len(fns)
+    for attack, completion in ATTACKS.items():
+        cells = []
+        for i, fn in enumerate(fns.values()):
+            if mv_parser is not None:  # a cached parse would hide the cost of a first sight
+                mv_parser.parse_latex_cached.cache_clear()
+                mv_parser.parse_expr_cached.cache_clear()
+            elapsed = _timed(fn, completion, cap_s)
+            worst[i] = max(worst[i], elapsed)
+            cells.append(_ms(elapsed, cap_s))
+        print(f"| {attack:<25} |" + "".join(f" {cell:>8} |" for cell in cells))
+    print(f"| {'worst':<25} |" + "".join(f" {_ms(w, cap_s):>8} |" for w in worst))
+
+
+def _ms(seconds: float, cap_s: float) -> str:
+    return f">{cap_s * 1000:.0f}" if seconds == float("inf") else f"{seconds * 1000:.1f}"
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ GSM8K_ANSWER = re.compile(r"####\s*([^\n]+)")
 # LaTeX span they find costs a parse attempt (bench/rewards.py --workloads adversarial measures it).
 MAX_ANSWER_CHARS = 1000
 # Longest GSM8K answer parsed (the text after "####": a number, maybe with a unit).
-MAX_GSM8K_CHARS = 100
+MAX_GSM8K_CHARS = 64
 # Kept before an anchor, so "final answer is" or the "$" that opens a boxed answer stay in view.
 ANCHOR_MARGIN = 32
 # Greedy to the end, then back to the last "answer": one pass, linear.
