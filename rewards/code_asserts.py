@@ -15,8 +15,8 @@ resolve) into *probes*, the smallest expressions that need the program (``add(_a
 3. verdicts: whatever arrived is the program's *claim*: decoded by the trusted caller into plain
    data (exact built-in types, bounded cost), then every comparison, method call on a returned
    value and library call is evaluated outside the program's process: in the caller when the
-   verdict uses only literals, comparisons, ``+``/``-``, items and a few pure built-ins
-   (``len``, ``sorted``...), otherwise in a second sandbox that holds the setup and the verdicts
+   verdict uses only literals, comparisons, ``+``/``-``, items, a few pure built-ins (``len``,
+   ``sorted``...) and methods of plain values or ``math`` (``.startswith``, ``math.isclose``), otherwise in a second sandbox that holds the setup and the verdicts
    but not the program.
 
 The score is ``passed / len(tests)`` over booleans the caller computed, in [0, 1] by
@@ -52,7 +52,9 @@ import ast
 import builtins
 import functools
 import json
+import math
 import re
+import types
 from pathlib import Path
 
 from rewards import _code_values
@@ -67,9 +69,16 @@ INDEX = re.compile(r"[0-9]{1,9}", re.ASCII)
 SAFE_FUNCTIONS = {name: getattr(builtins, name) for name in ("abs", "all", "any", "bool", "dict", "float", "frozenset", "int", "isinstance",
                                "len", "list", "max", "min", "repr", "round", "set", "sorted", "str", "sum",
                                "tuple", "type", "complex")}  # none allocates by a value's size
+SAFE_METHODS = frozenset((  # of plain values; none allocates beyond a constant times the value's size
+    "startswith", "endswith", "upper", "lower", "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines",
+    "isdigit", "isalpha", "isalnum", "isspace", "isupper", "islower", "istitle", "title", "capitalize",
+    "casefold", "swapcase", "count", "index", "find", "rfind", "join", "keys", "values", "items", "get", "copy",
+    "real", "imag", "bit_length", "is_integer"))
+SAFE_MATH = types.SimpleNamespace(**{name: getattr(math, name) for name in (  # `math.<name>` in a local verdict
+    "isclose", "floor", "ceil", "trunc", "fabs", "sqrt", "isnan", "isinf", "isfinite", "pi", "e", "tau", "inf", "nan")})
 SAFE_NODES = (  # no * ** %: sizes; no / //: quadratic on big ints
     ast.Expression, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.Constant, ast.List, ast.Tuple,
-    ast.Set, ast.Dict, ast.Name, ast.Load, ast.Call, ast.keyword, ast.Subscript, ast.Slice,
+    ast.Set, ast.Dict, ast.Name, ast.Load, ast.Call, ast.keyword, ast.Subscript, ast.Slice, ast.Attribute,
     ast.And, ast.Or, ast.Not, ast.USub, ast.UAdd, ast.Add, ast.Sub,
     ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsNot, ast.In, ast.NotIn,
 )
@@ -258,7 +267,7 @@ def judge(suite: SplitSuite, claims: list[object], limits: SandboxLimits, requir
         resolved = _resolve(test, mine)
         if resolved is None:
             verdicts.append(False)
-        elif _is_safe(resolved[0]):
+        elif _is_safe(resolved[0], suite.math_is_module):
             verdicts.append(_evaluate_here(resolved[0], {name: value for name, (_, value) in resolved[1].items()}))
         else:
             verdicts.append(None)
@@ -291,18 +300,25 @@ def _resolve(test: SplitTest, claims: list[object]) -> tuple[ast.Expression, dic
     return ast.fix_missing_locations(PutBack().visit(ast.parse(test.verdict, mode="eval"))), values
 
 
-def _is_safe(verdict: ast.Expression) -> bool:
-    """Whether the verdict can be evaluated in this process: plain data, pure built-ins only."""
+def _is_safe(verdict: ast.Expression, math_is_module: bool) -> bool:
+    """Whether the verdict can be evaluated in this process: plain data, pure built-ins, a few
+    methods of plain values and of ``math`` (when the tests' ``math`` is the module) only."""
     nodes = list(ast.walk(verdict))
-    return all(isinstance(n, SAFE_NODES) for n in nodes) and all(
-        n.id in SAFE_FUNCTIONS or re.fullmatch(r"_v[0-9]+", n.id) for n in nodes if isinstance(n, ast.Name)) and not any(
-        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "sum" and (len(n.args) > 1 or n.keywords)
-        for n in nodes)  # sum(lists, []) is quadratic in the number of lists
+    attributes = [n for n in nodes if isinstance(n, ast.Attribute)]
+    library = {id(n.value) for n in attributes if isinstance(n.value, ast.Name) and n.value.id == "math"}
+    return (all(isinstance(n, SAFE_NODES) for n in nodes)
+            and all(n.id in SAFE_FUNCTIONS or re.fullmatch(r"_v[0-9]+", n.id) or (id(n) in library and math_is_module)
+                    for n in nodes if isinstance(n, ast.Name))
+            and all(hasattr(SAFE_MATH, n.attr) if id(n.value) in library else n.attr in SAFE_METHODS
+                    for n in attributes)
+            and not any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "sum"
+                        and (len(n.args) > 1 or n.keywords) for n in nodes))  # sum(lists, []) is quadratic
 
 
 def _evaluate_here(verdict: ast.Expression, values: dict) -> bool:
+    scope = {**SAFE_FUNCTIONS, "math": SAFE_MATH, **values}
     try:
-        return bool(eval(compile(verdict, "verdict.py", "eval"), {"__builtins__": {}}, {**SAFE_FUNCTIONS, **values}))
+        return bool(eval(compile(verdict, "verdict.py", "eval"), {"__builtins__": {}}, scope))
     except Exception:  # noqa: BLE001 - a verdict that raises is a failed test
         return False
 

@@ -73,6 +73,7 @@ class SplitSuite:
     inputs: tuple[str, ...]  # expressions over the trusted setup: the values _a0, _a1...
     input_owners: tuple[str, ...]  # the test or statement each input belongs to, for errors
     tests: tuple[SplitTest, ...]
+    math_is_module: bool = False  # the tests' `math` is the standard module (a local verdict may use it)
 
 
 def split_suite(setup: str, tests: tuple[str, ...]) -> SplitSuite:
@@ -102,7 +103,7 @@ def split_suite(setup: str, tests: tuple[str, ...]) -> SplitSuite:
         trusted_setup="\n".join(ast.unparse(s) for s in libraries + trusted),
         program_setup="\n".join(ast.unparse(s) for s in program),
         inputs=tuple(source for source, _ in scope.inputs), input_owners=tuple(o for _, o in scope.inputs),
-        tests=split)
+        tests=split, math_is_module=_is_module(trusted, scope, "math"))
 
 
 class _Scope:
@@ -233,6 +234,13 @@ class _Cut(ast.NodeTransformer):
     def _placeholder(self, probe: Probe) -> ast.Name:
         self.probes.append(probe)
         return ast.Name(f"_v{len(self.probes) - 1}", ast.Load())
+
+
+def _is_module(trusted: list[ast.stmt], scope: _Scope, name: str) -> bool:
+    """Whether ``name`` is the standard module of that name on the tests' side."""
+    plain_import = lambda s: isinstance(s, ast.Import) and [(a.name, a.asname) for a in s.names] == [(name, None)]  # noqa: E731
+    rebinds = any(name in _bound_names(s) and not plain_import(s) for s in trusted)
+    return not rebinds and (name in scope.libraries or any(plain_import(s) for s in trusted))
 
 
 def _free_names(node: ast.AST) -> set[str]:

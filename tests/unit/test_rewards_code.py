@@ -102,7 +102,7 @@ def test_assert_splits_into_program_probes_and_a_verdict_without_them():
         ((Probe("s.run(3)"),), "_v0 == K"),
         ((Probe("pow(2, 3)", builtin="pow", fallback="pow(2, 3)"),), "_v0 == 8"),
     ]
-    assert suite.trusted_setup == "import math\nK = 2"  # never in the program's process
+    assert suite.trusted_setup == "import math\nK = 2" and suite.math_is_module  # never in the program's process
     assert suite.program_setup == "import math\ns = Solution(_a0)"
     assert suite.inputs == ("K", "K")
 

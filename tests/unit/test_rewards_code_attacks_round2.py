@@ -113,12 +113,20 @@ def test_an_argument_that_is_not_plain_data_is_refused_naming_the_test():
         score("def depth(node):\n    return 1", tests)
 
 
-def test_a_quadratic_sum_in_a_verdict_is_left_to_the_sandbox():
+def test_only_cheap_pure_verdicts_run_in_the_caller():
+    """The caller evaluates a verdict itself only when its cost is linear in the values; the rest
+    goes to the program-free verdict sandbox."""
     from rewards.code_asserts import _is_safe
 
-    assert _is_safe(ast.parse("sum(_v0) == 3", mode="eval"))
-    assert not _is_safe(ast.parse("sum(_v0, []) == [1]", mode="eval"))
-    assert not _is_safe(ast.parse("_v0 // 7 == 1", mode="eval"))  # big-int division is quadratic
+    def here(source, math_is_module=True):
+        return _is_safe(ast.parse(source, mode="eval"), math_is_module)
+
+    assert here("sum(_v0) == 3") and here("_v0.startswith('He')") and here("math.isclose(_v0, 0.5)")
+    assert not here("math.isclose(_v0, 0.5)", math_is_module=False)  # the tests rebound `math`
+    assert not here("sum(_v0, []) == [1]")  # quadratic in the number of lists
+    assert not here("_v0 // 7 == 1")  # big-int division is quadratic
+    assert not here("math.factorial(_v0) == 1") and not here("_v0.__class__ == int")
+    assert not here("len.__self__ == 1") and not here("_v0.center(10 ** 9)")
 
 
 # Class 5: the decoders of the trusted side.
