@@ -47,7 +47,12 @@ class Reaper:
         self.process, self.write_end = process, write_end
 
     def close(self, wait_s: float = 10.0) -> None:
-        """After `ray.shutdown()`: the reaper kills what is left of the session and exits."""
+        """After `ray.shutdown()`: the reaper kills what is left of the session and exits. After a
+        Ctrl-C the driver does not wait for it: the user is waiting for the prompt."""
+        from rl_pipeline import interrupt  # runs in the driver only, never in the reaper process
+
+        if interrupt.requested():
+            wait_s = 0.0
         if self.write_end is not None:
             os.close(self.write_end)
             self.write_end = None
