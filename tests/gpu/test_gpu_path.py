@@ -125,7 +125,9 @@ def test_two_grpo_steps_on_one_gpu(gpu_ray, small_model, tmp_path):
     assert rows[1]["rollout/logprob_diff_mean"] < GAP_MEAN_BOUND
 
 
-def hybrid_recipe(small_model, tmp_path, steps=2):
+def hybrid_recipe(small_model, tmp_path, steps=2, hybrid_engine: bool | None = True):
+    """Colocated trainer and engines on one card; `hybrid_engine` True forces the engines and the
+    trainer to take turns, None leaves the choice to the memory plan (the default a user gets)."""
     from rl_pipeline.config import parse_recipe
 
     rng = random.Random(0)
@@ -139,7 +141,7 @@ def hybrid_recipe(small_model, tmp_path, steps=2):
         "rollout": {"max_tokens": 48, "gpus_per_engine": 0.5, "gpu_memory_utilization": 0.8, "max_model_len": 96},
         "grpo": {"steps": steps, "prompts_per_step": 8, "group_size": 4, "kl_coef": 0.0, "save_every": 1},
         "rewards": {"functions": [{"name": f"{__file__}:letter_share"}]},
-        "cluster": {"colocate": True},  # the hybrid engine is the colocated GPU default
+        "cluster": {"colocate": True, "hybrid_engine": hybrid_engine},
         "tracking": {"tensorboard": False},
     })
 
@@ -163,6 +165,24 @@ def test_hybrid_engine_hands_most_of_the_card_to_each_side_in_turn(gpu_ray, smal
             assert row[f"time/{phase}"] > 0
     for row in rows[1:]:
         assert row["rollout/logprob_diff_mean"] < GAP_MEAN_BOUND and row["rollout/logprob_diff_max"] < GAP_MAX_BOUND
+    assert json.loads((result.run_dir / "memory_plan.json").read_text())["hybrid_engine"] is True
+
+
+def test_automatic_choice_keeps_a_small_model_beside_the_engine(gpu_ray, small_model, tmp_path):
+    """`cluster.hybrid_engine` left unset (what users run): the memory plan sees that this small
+    trainer fits beside an engine at 0.8 of the card, so nobody sleeps or offloads (taking turns
+    would only cost time), and the pushed weights still reach the engine."""
+    from rl_pipeline.pipelines.grpo import train_grpo
+
+    result = train_grpo(hybrid_recipe(small_model, tmp_path, steps=2, hybrid_engine=None), run_dir=tmp_path / "run")
+    plan = json.loads((result.run_dir / "memory_plan.json").read_text())
+    print(plan["summary"])
+    assert plan["hybrid_engine"] is False
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/step" in r]
+    assert len(rows) == 2 and (result.final_model / "config.json").exists()
+    assert not any(f"time/{phase}" in row for row in rows for phase in ("sleep", "wake", "offload", "onload"))
+    assert rows[1]["rollout/logprob_diff_mean"] < GAP_MEAN_BOUND
 
 
 def test_lora_grpo_pushes_only_adapters_through_hybrid_turns(gpu_ray, small_model, tmp_path):
