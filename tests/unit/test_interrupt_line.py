@@ -72,4 +72,5 @@ def test_a_cleanup_that_waits_forever_still_ends_with_the_line():
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=30)  # GRACE_S is 1 s here
     assert proc.returncode == 130
-    assert err.strip().splitlines()[-1] == "interrupted at step 4 of 9 (grpo; no checkpoint yet); start again with: rlp grpo r.yaml"
+    assert err.strip().splitlines()[-1] == (
+        "interrupted at step 4 of 9 (grpo; no checkpoint yet); start again with: rlp grpo r.yaml")

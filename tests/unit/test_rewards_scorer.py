@@ -165,7 +165,8 @@ def test_failures_reach_the_console_once_per_function_with_count_and_first_messa
         failures.report(result)
         failures.report(again)  # within the hour: held back
     lines = [r.getMessage() for r in caplog.records if r.name == "rl_pipeline.workers.reward"]
-    assert lines == ["reward 'picky': 2 raised of 4 samples in this batch, scored -1; first: ValueError: cannot grade '12'"]
+    assert lines == [
+        "reward 'picky': 2 raised of 4 samples in this batch, scored -1; first: ValueError: cannot grade '12'"]
     assert failures.line("picky", failures.counts["picky"], "x").startswith("reward 'picky': 1 raised of 2 samples")
 
 
