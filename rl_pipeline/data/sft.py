@@ -129,14 +129,18 @@ def tokenize_dataset(tokenizer, rows, fmt: str, spec: DatasetConfig, max_length:
 
 
 def generation_target(sample: TokenizedSample) -> tuple[list[int], list[int]] | None:
-    """(prompt ids, target ids) for greedy exact-match checks: the tokens before the sample's
-    first target token, and the first contiguous run of targets (completion + EOS, or the first
-    assistant turn). None when the sample has no target after a non-empty prompt."""
+    """(prompt ids, target ids) for greedy exact-match checks: the last contiguous run of targets
+    (completion + EOS, or the last assistant turn) and every token before it. In a multi-turn row
+    (a tool call, the tool's result, the answer) that is the final answer given the true
+    conversation before it: what the task is judged on, where the first turn is only the call.
+    None when the sample has no target after a non-empty prompt."""
     mask = sample.loss_mask
-    start = next((i for i in range(1, len(mask)) if mask[i]), None)
-    if start is None:
+    end = next((i + 1 for i in range(len(mask) - 1, 0, -1) if mask[i]), None)
+    if end is None:
         return None
-    end = next((i for i in range(start, len(mask)) if not mask[i]), len(mask))
+    start = end - 1
+    while start > 1 and mask[start - 1]:
+        start -= 1
     return sample.input_ids[:start], sample.input_ids[start:end]
 
 

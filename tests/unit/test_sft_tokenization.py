@@ -127,12 +127,21 @@ def test_generation_target_is_prompt_then_completion_plus_eos(tokenizer):
     assert (tokenizer.decode(prompt), tokenizer.decode(target)) == ("07+45=", "52" + EOS)
 
 
-def test_generation_target_of_multi_turn_chat_is_the_first_assistant_turn(tokenizer):
+def test_generation_target_of_multi_turn_chat_is_the_last_assistant_turn(tokenizer):
     messages = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
                 {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
     prompt, target = generation_target(tokenize_messages(tokenizer, messages, row=0))
-    assert tokenizer.decode(prompt) == "<|user|>1+1=<|end|><|assistant|>"
-    assert tokenizer.decode(target) == "2" + EOS
+    assert tokenizer.decode(prompt) == "<|user|>1+1=<|end|><|assistant|>2" + EOS + "<|user|>2+2=<|end|><|assistant|>"
+    assert tokenizer.decode(target) == "4" + EOS
+
+
+def test_generation_target_of_a_tool_demonstration_is_the_answer_after_the_tool_result(tokenizer):
+    """sft.stop_at_accuracy on tool-use data checks the answer copied from the tool, not the call."""
+    from rl_pipeline.data.tool_task import multiplication_row
+
+    prompt, target = generation_target(tokenize_messages(tokenizer, multiplication_row(123, 456)["messages"], row=0))
+    assert tokenizer.decode(prompt).endswith("<tool_response>56088</tool_response><|end|><|assistant|>")
+    assert tokenizer.decode(target) == "56088" + EOS
 
 
 def test_generation_target_needs_a_target_after_the_first_token():
