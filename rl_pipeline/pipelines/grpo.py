@@ -367,10 +367,10 @@ def _generate(actors: _Actors, prompts: list[Prompt], n: int, seed: int) -> list
 def _rollout_stats(flat, scored, correct_component: str | None, threshold: float, generate_s: float) -> dict:
     lengths = [len(c.token_ids) for c in flat]
     graded = {}
-    if correct_component is not None:  # None: pure distillation, nothing grades the samples
-        graded = {"reward/total/mean": mean(scored.total), "reward/total/std": pstdev(scored.total),
-                  "train/accuracy": mean(s is not None and s >= threshold
-                                         for s in scored.components[correct_component])}
+    if scored.components:  # {}: pure distillation, nothing scores the samples
+        graded = {"reward/total/mean": mean(scored.total), "reward/total/std": pstdev(scored.total)}
+    if correct_component is not None:  # None: no reward grades correctness (pipelines/accuracy.py)
+        graded["train/accuracy"] = mean(s is not None and s >= threshold for s in scored.components[correct_component])
     return {
         **scored.metrics,
         **graded,
