@@ -207,18 +207,24 @@ def rm_cmd(
 def eval_cmd(
     recipe: Path = typer.Argument(..., help="recipe YAML with model, data.eval, rollout, rewards and grpo sections"),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", help="results JSON (default: "
+                                          "output_dir/eval/MODEL-TIME.json)"),
 ) -> None:
-    """Held-out evaluation of model.path: greedy accuracy, pass@k, response length."""
+    """Held-out evaluation of model.path on data.eval: greedy accuracy (from the reward that grades
+    correctness), pass@k, mean reward, response length; prints and writes what it scored."""
     from rl_pipeline.config import InputError
-    from rl_pipeline.pipelines.evaluate import run_eval
+    from rl_pipeline.pipelines.evaluate import default_results_path, evaluate_model, write_results
 
     recipe_obj = _load(recipe, overrides or [])
     try:
-        metrics = run_eval(recipe_obj)
+        result = evaluate_model(recipe_obj)
     except InputError as exc:
         _fail(str(exc))
-    for key, value in metrics.items():
+    typer.echo(f"model: {result.model}\ndata: {result.data} ({result.problems} problems)\naccuracy: {result.accuracy}")
+    for key, value in result.metrics.items():
         typer.echo(f"{key}: {value:.4f}")
+    path = write_results(result, output or default_results_path(recipe_obj, result.model))
+    typer.echo(f"results: {path}")
 
 
 @app.command("distill")

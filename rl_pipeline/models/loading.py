@@ -178,3 +178,21 @@ def check_reward_model_paths(rewards_config) -> None:
         model = spec.kwargs.get("model")
         if spec.name in _MODEL_REWARDS and isinstance(model, str):
             check_model_source(model, f"rewards.functions[{i}].kwargs.model")
+
+
+# The chat template of a model trained on plain prompt/completion text: every turn's text as is,
+# an assistant turn closed by EOS, nothing added for the generation prompt. `apply_chat_template`
+# then gives exactly the string such a model learned to continue ("12+34=" -> "46").
+RAW_TEXT_TEMPLATE = (
+    "{% for message in messages %}{{ message['content'] or '' }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def set_chat_template(model_dir: str | Path, template: str) -> None:
+    """Rewrite the chat template saved with the tokenizer in `model_dir` (the weights stay)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(str(model_dir))

@@ -3,7 +3,10 @@ Qwen2-architecture causal LM, saved with `save_pretrained`, loadable by transfor
 
 Nothing is downloaded: tests, the demo and benchmarks build their models here. The tokenizer
 maps every printable ASCII character to one token, so arithmetic strings tokenize predictably,
-and keeps the chat markers and reasoning tags as single tokens.
+and keeps the chat markers and reasoning tags as single tokens. The chat template below is the
+one chat-format training uses (`chat: true`, `messages`); an SFT on plain prompt/completion text
+saves its model with the plain-text template instead (`models/loading.RAW_TEXT_TEMPLATE`), so a
+model's template is always the format it was trained on.
 """
 
 from __future__ import annotations

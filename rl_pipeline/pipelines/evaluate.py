@@ -1,41 +1,69 @@
 """Held-out evaluation on the rollout engines: greedy accuracy, pass@k at temperature, mean
-response length. Correctness is one reward component scoring at least a threshold."""
+reward and response length. Correctness is one grading reward component scoring at least a
+threshold (pipelines/accuracy.py says which); with no grading reward, no accuracy is reported.
+`rlp eval` also says what it scored (model, data, problem count) and writes it to a JSON file."""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from statistics import mean
 
 from rl_pipeline.data.prompts import Prompt, columns_for
 
 
-def evaluate(engines, scorer, prompts: list[Prompt], tokenizer, *, correct_component: str, threshold: float,
+def evaluate(engines, scorer, prompts: list[Prompt], tokenizer, *, correct_component: str | None, threshold: float,
              k: int, temperature: float, max_tokens: int, seed: int = 0) -> dict[str, float]:
-    """Metrics under `eval/`: accuracy (greedy), pass@k, response length (greedy, tokens)."""
+    """Metrics under `eval/`: accuracy (greedy) and pass@k when a component grades correctness,
+    mean total reward and response length (greedy, tokens) always."""
     ids = [p.token_ids for p in prompts]
     greedy = engines.generate(ids, n=1, temperature=0.0, max_tokens=max_tokens)
-    greedy_ok = _correct(scorer, prompts, greedy, correct_component, threshold)
-    metrics = {
-        "eval/accuracy": mean(greedy_ok),
-        "eval/response_length": mean(len(group[0].token_ids) for group in greedy),
-    }
+    scored = _score(scorer, prompts, greedy)
+    metrics = {"eval/reward_mean": mean(scored.total),
+               "eval/response_length": mean(len(group[0].token_ids) for group in greedy)}
+    if correct_component is None:
+        return metrics
+    metrics["eval/accuracy"] = mean(_correct(scored, correct_component, threshold))
     if k > 1:
         sampled = engines.generate(ids, n=k, temperature=temperature, max_tokens=max_tokens, seed=seed)
-        ok = _correct(scorer, prompts, sampled, correct_component, threshold)
+        ok = _correct(_score(scorer, prompts, sampled), correct_component, threshold)
         metrics[f"eval/pass@{k}"] = mean(any(ok[i * k : (i + 1) * k]) for i in range(len(prompts)))
     return metrics
 
 
-def _correct(scorer, prompts: list[Prompt], completions, component: str, threshold: float) -> list[bool]:
+def _score(scorer, prompts: list[Prompt], completions):
     n = len(completions[0])
-    result = scorer.score(
+    return scorer.score(
         [p.text for p in prompts for _ in range(n)],
         [c.text for group in completions for c in group],
         columns_for(prompts, n),
     )
-    return [s is not None and s >= threshold for s in result.components[component]]
+
+
+def _correct(scored, component: str, threshold: float) -> list[bool]:
+    return [s is not None and s >= threshold for s in scored.components[component]]
+
+
+@dataclass
+class EvalResult:
+    """What `rlp eval` scored and the metrics: written as JSON beside the runs."""
+
+    model: str
+    data: str
+    problems: int
+    accuracy: str  # what eval/accuracy means, in words
+    metrics: dict[str, float]
+    time: str
 
 
 def run_eval(recipe, model_path: str | None = None) -> dict[str, float]:
+    """The metrics of `evaluate_model` (the pipeline report caches these)."""
+    return evaluate_model(recipe, model_path).metrics
+
+
+def evaluate_model(recipe, model_path: str | None = None) -> EvalResult:
     """`rlp eval`: start engines for `model_path` (default model.path) and the reward service,
     evaluate on data.eval, shut down. Inputs are checked before any actor starts."""
     from rl_pipeline.cluster import connect
@@ -55,9 +83,35 @@ def run_eval(recipe, model_path: str | None = None) -> dict[str, float]:
         engines = RolloutGroup.start(recipe.model.path, recipe.rollout, g.seed, recipe.cluster.placement_strategy)
         scorer = RewardService.start(recipe.rewards)
         try:
-            return evaluate(engines, scorer, inputs.eval, inputs.tokenizer, correct_component=inputs.correct_component,
-                            threshold=g.accuracy_threshold, k=g.eval_samples, temperature=recipe.rollout.temperature,
-                            max_tokens=recipe.rollout.max_tokens, seed=g.seed)
+            metrics = evaluate(engines, scorer, inputs.eval, inputs.tokenizer,
+                               correct_component=inputs.correct_component, threshold=g.accuracy_threshold,
+                               k=g.eval_samples, temperature=recipe.rollout.temperature,
+                               max_tokens=recipe.rollout.max_tokens, seed=g.seed)
         finally:
             scorer.shutdown()
             engines.shutdown()
+    return EvalResult(recipe.model.path, recipe.data.eval.path, len(inputs.eval),
+                      accuracy_meaning(inputs.correct_component, g.accuracy_threshold), metrics,
+                      time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def accuracy_meaning(component: str | None, threshold: float) -> str:
+    if component is None:
+        return "not reported: no reward grades correctness (set grpo.accuracy_reward)"
+    return f"share of greedy answers whose '{component}' reward is >= {threshold:g} (grpo.accuracy_threshold)"
+
+
+def default_results_path(recipe, model: str) -> Path:
+    """output_dir/eval/<model path as one name>-<time>.json: one file per evaluation."""
+    slug = "-".join(part for part in Path(model).parts if part not in ("/", ".", "..")) or "model"
+    return Path(recipe.output_dir) / "eval" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def write_results(result: EvalResult, path: str | Path) -> Path:
+    """The result as JSON at `path`, written to a temp name and renamed."""
+    from rl_pipeline.atomic import atomic_write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(asdict(result), indent=2) + "\n")
+    return out

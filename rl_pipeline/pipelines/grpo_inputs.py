@@ -13,6 +13,7 @@ from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.prompts import Prompt, load_prompts
 from rl_pipeline.models.loading import check_model_source, check_reward_model_paths, load_tokenizer
 from rl_pipeline.models.lora import check_lora
+from rl_pipeline.pipelines.accuracy import correctness_component
 
 
 @dataclass
@@ -20,7 +21,7 @@ class GRPOInputs:
     tokenizer: object
     train: list[Prompt]
     eval: list[Prompt] | None
-    correct_component: str | None  # None: pure on-policy distillation without rewards
+    correct_component: str | None  # None: no reward grades correctness (pipelines/accuracy.py), or none at all
 
 
 def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
@@ -43,10 +44,7 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
         raise InputError(f"rewards.functions: {exc}") from None
     check_reward_model_paths(recipe.rewards)
     names = component_names(recipe.rewards)
-    correct = recipe.grpo.accuracy_reward or names[0]
-    if correct not in names:
-        raise InputError(f"grpo.accuracy_reward: '{correct}' is not a reward component; components: {names}")
-    return _load_inputs(recipe, correct)
+    return _load_inputs(recipe, correctness_component(recipe.rewards, names, recipe.grpo.accuracy_reward))
 
 
 def _check_inputs_without_rewards(recipe: Recipe) -> GRPOInputs:

@@ -3,7 +3,8 @@
 Reads like the algorithm: every step takes the next global batch of the (per-epoch shuffled)
 dataset, gives each rank its micro-batches, and logs the global token-mean loss. All input is
 checked before any actor starts. With `sft.stop_at_accuracy` the run ends at the first validation
-whose greedy exact-match accuracy reaches it (a base stopped mid-way, for RL to improve).
+whose greedy exact-match accuracy reaches it (a base stopped mid-way, for RL to improve). A model
+trained on plain prompt/completion text is saved with a chat template that renders that text.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe, TrainerConfig
 from rl_pipeline.data.loading import detect_format, load_rows
 from rl_pipeline.data.sft import TokenizedSample, generation_target, pack_samples, tokenize_dataset
-from rl_pipeline.models.loading import check_model_source, load_tokenizer
+from rl_pipeline.models.loading import RAW_TEXT_TEMPLATE, check_model_source, load_tokenizer, set_chat_template
 from rl_pipeline.models.lora import check_lora
 from rl_pipeline.tracking import Tracker
 
@@ -121,6 +122,7 @@ class SFTInputs:
     train: list[dict]
     val: list[dict] | None
     accuracy_pairs: list[tuple[list[int], list[int]]] | None
+    raw_text: bool = False  # trained on plain prompt/completion text, not through the chat template
 
 
 def check_sft_inputs(recipe: Recipe) -> SFTInputs:
@@ -137,13 +139,23 @@ def check_sft_inputs(recipe: Recipe) -> SFTInputs:
         # Each rank generates with its own full copy of the weights; ZeRO-3 shards them.
         raise InputError("sft.stop_at_accuracy needs trainer.zero_stage <= 2 (ranks generate with full weights)")
     train = prepare_sft_samples(recipe, "train")
+    raw = trains_on_raw_text(recipe)
     if recipe.data.eval is None:
-        return SFTInputs(train, None, None)
+        return SFTInputs(train, None, None, raw)
     val_samples = tokenize_split(recipe, "eval")
     pairs = None
     if sft.stop_at_accuracy is not None:
         pairs = [pair for pair in map(generation_target, val_samples) if pair is not None]
-    return SFTInputs(train, as_training_rows(recipe, val_samples), pairs)
+    return SFTInputs(train, as_training_rows(recipe, val_samples), pairs, raw)
+
+
+def trains_on_raw_text(recipe: Recipe) -> bool:
+    """True when data.train is plain prompt/completion text (format prompt_completion, chat: false,
+    string prompts): the model learns to continue "12+34=", not a chat-template rendering of it."""
+    spec = recipe.data.train
+    rows = load_rows(spec, "data.train")  # loaded before by tokenize_split: the datasets cache answers
+    fmt = detect_format(spec, rows.column_names, "data.train")
+    return fmt == "prompt_completion" and not spec.chat and isinstance(rows[0][spec.prompt_column], str)
 
 
 def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> SFTResult:
@@ -162,6 +174,11 @@ def train_sft(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = 
     spec = TrainerSpec(recipe.model, cfg, plan.total_steps, sft.seed)
     loss, steps = run_trainer(recipe, spec, run, tracker, resumed,
                               lambda trainer: _sft_loop(recipe, plan, trainer, run, tracker, start, inputs))
+    if inputs.raw_text:
+        # The saved chat template must render prompts the way this model was trained, or
+        # apply_chat_template wraps "12+34=" in chat markers it never saw (and it answers wrong).
+        set_chat_template(run.final_model, RAW_TEXT_TEMPLATE)
+        log.info("final model: chat template set to the plain text it was trained on (data.train.chat: false)")
     return SFTResult(run.path, run.final_model, steps, loss)
 
 

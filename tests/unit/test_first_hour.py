@@ -9,6 +9,9 @@ recipe key, without starting Ray.
 - `--resume` of a run directory that holds no checkpoint says it starts from step 0.
 - a malformed jsonl line is named by its line number.
 - a distill run that keeps almost nothing (2 of 1,600 samples) warns, in stats.json and the card.
+- accuracy comes from the reward that grades correctness, not from whichever reward is first.
+(tests/integration/test_first_hour.py: `rlp eval` says and writes what it scored; the chat template
+of a model trained on plain text.)
 """
 
 from __future__ import annotations
@@ -177,3 +180,45 @@ def test_a_distill_run_that_keeps_almost_nothing_warns():
     assert "**Warning**: low acceptance: kept only 2 of 1600" in dataset_card(stats, "jsonl")
     assert _distill_stats(1600, 80)["low_acceptance"] is None  # 5% kept: fine
     assert _distill_stats(1600, 0)["low_acceptance"] is None  # empty: the empty_reason says it
+
+
+def test_accuracy_comes_from_the_grading_reward_not_the_first_one(tmp_path, caplog):
+    # Before the fix: the first component defined "correct", so a length or format reward first
+    # made eval/accuracy 0.000 for a model that was 28.5% right.
+    from rl_pipeline.config import InputError, RewardsConfig
+    from rl_pipeline.pipelines.accuracy import correctness_component
+
+    (tmp_path / "mine.py").write_text(
+        "def short(prompts, completions, **kw):\n    return [1.0 if len(c) < 5 else 0.0 for c in completions]\n"
+        "def exact(prompts, completions, ground_truth, **kw):\n"
+        "    return [float(c == g) for c, g in zip(completions, ground_truth)]\n")
+    short, exact = f"{tmp_path}/mine.py:short", f"{tmp_path}/mine.py:exact"
+
+    def pick(names, functions, explicit=None):
+        return correctness_component(RewardsConfig(functions=[{"name": n} for n in functions]), names, explicit)
+
+    assert pick(["format", "math"], ["format", "math"]) == "math"
+    assert pick(["short", "exact"], [short, exact]) == "exact"  # takes ground_truth: it grades
+    assert pick(["format", "math"], ["format", "math"], explicit="format") == "format"  # the recipe decides
+    with caplog.at_level("WARNING", logger="rl_pipeline.pipelines.accuracy"):
+        assert pick(["format", "short"], ["format", short]) is None  # nothing grades: no accuracy
+    assert "accuracy is not reported: no reward in rewards.functions (format, short)" in caplog.text
+    with pytest.raises(InputError, match="grpo.accuracy_reward: 'mathh' is not a reward component"):
+        pick(["math"], ["math"], explicit="mathh")
+
+
+@pytest.mark.parametrize(("train", "raw"), [
+    ({"format": "prompt_completion"}, True),
+    ({"format": "prompt_completion", "chat": True}, False),
+    ({"format": "auto"}, True),
+    ({"format": "messages", "path": "chat.jsonl"}, False),
+])
+def test_only_plain_text_training_gets_the_plain_text_chat_template(tmp_path, train, raw):
+    from rl_pipeline.config import parse_recipe
+    from rl_pipeline.pipelines.sft import trains_on_raw_text
+
+    (tmp_path / "t.jsonl").write_text('{"prompt": "1+2=", "completion": "3"}\n')
+    (tmp_path / "chat.jsonl").write_text('{"messages": [{"role": "user", "content": "1+2="}]}\n')
+    spec = {"path": str(tmp_path / train.pop("path", "t.jsonl")), **train}
+    recipe = parse_recipe({"model": {"path": "m"}, "data": {"train": spec}, "sft": {}})
+    assert trains_on_raw_text(recipe) is raw
