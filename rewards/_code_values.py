@@ -20,15 +20,11 @@ colliding keys would cost quadratic time to build, and so would ``set()`` of suc
 
 from __future__ import annotations
 
-import re
-
 MAX_DEPTH = 64
 MAX_NODES = 200_000  # parts of one value; an iterator is read to this many items at most
 MAX_INT_HEX = 1 << 16  # hex digits of an int: 262,144 bits, about 79,000 decimal digits
 MAX_SHARED_HASH = 4  # distinct hashable parts of one value allowed to share a hash
 RAISED = "raised"
-INT = re.compile(r"-?0x[0-9a-f]+", re.ASCII)
-FLOAT = re.compile(r"-?(0x[0-9a-f]+(\.[0-9a-f]*)?p[+-][0-9]{1,4}|inf)|nan", re.ASCII)
 
 
 def encode(value, depth: int = 0):
@@ -82,7 +78,8 @@ class _Decoder:
 
     def __init__(self):
         self.nodes = 0
-        self.by_hash: dict[int, list] = {}
+        self.first: dict[int, object] = {}  # hash -> the first hashable part seen with it
+        self.crowded: dict[int, list] = {}  # hash -> the distinct parts sharing it, once two do
 
     def value(self, obj, depth: int):
         self.nodes += 1
@@ -90,40 +87,54 @@ class _Decoder:
             raise ValueError(f"value has too many parts (over {MAX_NODES})")
         if depth > MAX_DEPTH or type(obj) is not list or not obj or type(obj[0]) is not str:
             raise ValueError("malformed value")
-        value = self._build(obj[0], obj[1:], depth)
+        value = self._build(obj[0], obj, depth)
         if type(value) not in (list, set, dict):  # hashable: guard the tables it may end up in
-            self._count_hash(value)
+            key = hash(value)
+            first = self.first.setdefault(key, value)
+            if first is not value and first != value:
+                self._crowd(key, first, value)
         return value
 
-    def _count_hash(self, value) -> None:
-        seen = self.by_hash.setdefault(hash(value), [])
-        if len(seen) < MAX_SHARED_HASH + 1 and not any(value == other for other in seen):
+    def _crowd(self, key: int, first, value) -> None:
+        seen = self.crowded.setdefault(key, [first])
+        if not any(value == other for other in seen):
             seen.append(value)
             if len(seen) > MAX_SHARED_HASH:
                 raise ValueError(f"more than {MAX_SHARED_HASH} distinct parts share one hash")
 
-    def _build(self, tag: str, args: list, depth: int):
-        if tag == "none" and not args:
+    def _build(self, tag: str, obj: list, depth: int):
+        arg = obj[1] if len(obj) == 2 else None
+        if tag == "int" and type(arg) is str and len(arg) <= MAX_INT_HEX + 3:
+            value = int(arg, 16)
+            if hex(value) == arg:  # the one canonical form: no spaces, "_", non-ASCII digits
+                return value
+        if tag == "str" and type(arg) is str:
+            return arg
+        if tag in ("list", "tuple", "set", "frozenset") and type(arg) is list:
+            items = [self.value(item, depth + 1) for item in arg]
+            return items if tag == "list" else {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
+        if tag == "dict" and type(arg) is list:
+            return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in arg}
+        if tag == "float" and type(arg) is str:
+            return _float(arg)
+        if tag == "none" and len(obj) == 1:
             return None
-        if tag == "bool" and type(args[0]) is bool:
-            return args[0]
-        if tag == "int" and type(args[0]) is str and INT.fullmatch(args[0]) and len(args[0]) <= MAX_INT_HEX + 3:
-            return int(args[0], 16)
-        if tag == "float" and type(args[0]) is str and FLOAT.fullmatch(args[0]):
-            return float.fromhex(args[0])
-        if tag == "complex" and len(args) == 2 and all(type(a) is str and FLOAT.fullmatch(a) for a in args):
-            return complex(float.fromhex(args[0]), float.fromhex(args[1]))
-        if tag == "str" and type(args[0]) is str:
-            return args[0]
-        if tag == "bytes" and type(args[0]) is str:
-            return args[0].encode("latin-1")
+        if tag == "bool" and type(arg) is bool:
+            return arg
+        if tag == "bytes" and type(arg) is str:
+            return arg.encode("latin-1")
+        args = obj[1:]
+        if tag == "complex" and len(args) == 2 and all(type(a) is str for a in args):
+            return complex(_float(args[0]), _float(args[1]))
         if tag == "range" and len(args) == 3 and all(type(a) is int for a in args):
             if len(range(*args)) > MAX_NODES:  # list(range(10**12)) in a verdict would exhaust memory
                 raise ValueError("range too long")
             return range(*args)
-        if tag in ("list", "tuple", "set", "frozenset") and type(args[0]) is list:
-            items = [self.value(item, depth + 1) for item in args[0]]
-            return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
-        if tag == "dict" and type(args[0]) is list:
-            return {self.value(k, depth + 1): self.value(v, depth + 1) for k, v in args[0]}
         raise ValueError(f"malformed value with tag {tag!r}")
+
+
+def _float(text: str) -> float:
+    value = float.fromhex(text)
+    if value.hex() != text:  # the one canonical form, as ``float.hex`` writes it
+        raise ValueError("malformed float")
+    return value

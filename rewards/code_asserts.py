@@ -16,8 +16,9 @@ resolve) into *probes*, the smallest expressions that need the program (``add(_a
    data (exact built-in types, bounded cost), then every comparison, method call on a returned
    value and library call is evaluated outside the program's process: in the caller when the
    verdict uses only literals, comparisons, ``+``/``-``, items, a few pure built-ins (``len``,
-   ``sorted``...) and methods of plain values or ``math`` (``.startswith``, ``math.isclose``), otherwise in a second sandbox that holds the setup and the verdicts
-   but not the program.
+   ``sorted``...) and a few methods of plain values or of ``math`` (``.startswith``,
+   ``math.isclose``), each linear in its values' size; otherwise in a second sandbox that holds
+   the setup and the verdicts but not the program.
 
 The score is ``passed / len(tests)`` over booleans the caller computed, in [0, 1] by
 construction. A test in which no value came from the program (all its probes were builtins the
@@ -43,7 +44,10 @@ with an error naming the test; a test that does not parse counts as failed. A va
 returns that is not plain data (an instance of its own class) fails the test even where a real
 ``assert`` would pass, and so does a plain-type method called on a lowercase factory's object
 (``make_stack().pop()``); a capitalised name called in a test (``Greet(x).startswith(..)``) is
-taken for the program's class, whose methods run in its process.
+taken for the program's class, whose methods run in its process, and so is a bare name of the
+program's (``solver.solve(3)``). A builtin-named call in a verdict (``len(f(x))``) is the builtin
+even where the program defines that name. Ints cross up to ``MAX_INT_HEX`` hex digits (about
+79,000 decimal digits); a bigger one fails its test.
 """
 
 from __future__ import annotations
