@@ -1,7 +1,8 @@
 """Tool-use benchmark: trajectories per second and the tool time of one multi-turn step, with
-the tool calls of a turn run concurrently vs one after another, in one run.
+the tool calls of a turn run concurrently vs one after another, in one run; then the runner's
+own cost per call (built-in calculator on a driver thread, a user tool in a worker process).
 
-    python bench/tools.py [--trajectories 64] [--calls 3] [--sleep 0.1]
+    python bench/tools.py [--trajectories 64] [--calls 3] [--sleep 0.1] [--calls-only]
 
 A tiny model is SFT'd (plain torch, seconds) to call a `sleep` tool `--calls` times and then
 answer; one vLLM-CPU engine samples `--trajectories` trajectories at temperature 0 (greedy, so
@@ -10,18 +11,24 @@ both modes make the same calls). Each mode runs the same rollout through `MultiT
 Printed per mode: wall time, trajectories/s, tool calls made, the step's tool time (wall time
 spent waiting for tools), the longest trajectory's own tool time (the sum of its calls), and
 their ratio; then serial / concurrent tool time. The target: concurrent tool time <= 1.5x the
-longest trajectory's.
+longest trajectory's. `--calls-only` runs just the per-call part (no model, no Ray): calls per
+second through `ToolRunner.run` in batches of `--trajectories`, workers warm.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rl_pipeline import tools
+# `python bench/tools.py` puts bench/ first on sys.path, where bench/rewards.py would shadow the
+# `rewards` package that rl_pipeline.tools imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from rl_pipeline import tools  # noqa: E402
 
 
 @tools.register("sleep")
@@ -29,6 +36,36 @@ def sleep(seconds: float = 0.1) -> str:
     """Sleep, then say so (a stand-in for a tool that waits on I/O)."""
     time.sleep(seconds)
     return "slept"
+
+
+def echo(text: str) -> str:
+    """Say the text back (the cheapest user tool: what is left is the runner's cost)."""
+    return text
+
+
+def calls_per_second(batch: int, rounds: int = 20) -> dict[str, float]:
+    """Calls/s through ToolRunner.run, `batch` calls a run, after one warm-up run."""
+    from rl_pipeline.tools.calls import ToolCall, ToolRunner
+
+    loaded = {**tools.load([("calculator", {})]), "echo": tools.Tool("echo", echo)}
+    runner = ToolRunner(loaded, timeout_s=30, max_concurrency=batch)
+    cases = {"calculator 123*456": ToolCall("calculator", {"expression": "123*456"}),
+             "calculator (7**2000)**2 (largest allowed power)": ToolCall("calculator", {"expression": "(7**2000)**2"}),
+             "calculator (7**5000)**10000 (refused)": ToolCall("calculator", {"expression": "(7**5000)**10000"}),
+             "user tool echo": ToolCall("echo", {"text": "hi"})}
+    rows = {}
+    try:
+        for label, call in cases.items():
+            if "refused" in label and not hasattr(sys.modules["rl_pipeline.tools.builtin"], "MAX_BITS"):
+                continue  # the calculator before issue 27 computes it: a minute per call
+            runner.run([call] * batch)
+            start = time.perf_counter()
+            for _ in range(rounds):
+                runner.run([call] * batch)
+            rows[label] = batch * rounds / (time.perf_counter() - start)
+    finally:
+        runner.close()
+    return rows
 
 
 def demonstration(calls: int, seconds: float) -> list[dict]:
@@ -66,8 +103,16 @@ def main() -> None:
     parser.add_argument("--trajectories", type=int, default=64)
     parser.add_argument("--calls", type=int, default=3, help="tool calls per trajectory")
     parser.add_argument("--sleep", type=float, default=0.1, help="seconds each call sleeps")
+    parser.add_argument("--calls-only", action="store_true", help="only the runner's cost per call")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    per_call = calls_per_second(args.trajectories)
+    print(f"\n{args.trajectories} calls per ToolRunner.run, warm")
+    print("| call | calls/s |\n|---|---|")
+    for label, rate in per_call.items():
+        print(f"| {label} | {rate:.0f} |")
+    if args.calls_only:
+        return
 
     import ray
 

@@ -4,7 +4,9 @@
 `Trajectory`s, which are `Completion`s with a loss mask, so the GRPO driver, `build_batch` and
 evaluation take them unchanged. Turns are batched: every live trajectory's next turn is one
 `RolloutGroup.generate` call (spread over the engines), then that turn's tool calls of every
-trajectory run at once on a thread pool (`rl_pipeline.tools.calls.ToolRunner`).
+trajectory run at once on a thread pool (`rl_pipeline.tools.calls.ToolRunner`; a user tool's
+call in a worker process that is killed when it overruns). Nothing the policy writes raises out
+of a turn: a call that cannot run is answered with an `error: ...` tool turn.
 
 A trajectory's ids are built by appending, never by re-tokenising text:
 

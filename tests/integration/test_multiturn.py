@@ -161,7 +161,7 @@ def test_a_tool_that_overruns_is_counted_and_answered_with_an_error(engines, tok
     timed_out = next(t for t in flat if any(c["status"] == "timeout" for c in t.tool_calls))
     # The policy reads the error in its tool turn (masked ids), and then answers.
     tool_text = tokenizer.decode([i for i, m in zip(timed_out.token_ids, timed_out.loss_mask) if m == 0])
-    assert "timed out after 0.3 s" in tool_text
+    assert "error: timeout: tool 'calculator' ran past its 0.3 s limit" in tool_text
 
 
 def test_budgets_end_trajectories_truncated(engines, tokenizer, prompt_ids):
