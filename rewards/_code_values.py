@@ -89,7 +89,10 @@ class _Decoder:
             raise ValueError("malformed value")
         value = self._build(obj[0], obj, depth)
         if type(value) not in (list, set, dict):  # hashable: guard the tables it may end up in
-            key = hash(value)
+            try:
+                key = hash(value)
+            except TypeError:  # a tuple holding a list: it can go in no table
+                return value
             first = self.first.setdefault(key, value)
             if first is not value and first != value:
                 self._crowd(key, first, value)

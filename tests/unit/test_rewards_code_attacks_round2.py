@@ -187,3 +187,46 @@ def test_an_int_over_4300_digits_comes_back_whole():  # 0.0 before
 def test_numbers_are_parsed_as_strict_ascii(junk):
     with pytest.raises(ValueError):
         decode(junk)
+
+
+# Fuzz: whatever arrives on the channel, the caller gets claims or nothing, never an exception.
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**6000), max_value=10**6000)
+    | st.floats(allow_nan=False) | st.text(max_size=20) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.tuples(inner, inner)
+    | st.frozensets(st.integers() | st.text(max_size=5), max_size=5)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    max_leaves=30)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+    | st.sampled_from(["int", "float", "str", "list", "tuple", "set", "dict", "range", "none", "absent", "raised",
+                       "0x1f", "-0x0", "\u0663", "nan", "inf", "0x1.8p+0"]),
+    lambda inner: st.lists(inner, max_size=6), max_leaves=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(PLAIN)
+def test_every_plain_value_crosses_unchanged(value):
+    assert decode(encode(value)) == value
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSONISH)
+def test_decode_of_anything_is_a_value_or_a_value_error(claim):
+    try:
+        decode(claim)
+    except ValueError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=4) | st.sampled_from(["0", "1", "٣", "²", "00", "-1", "1 "]),
+                          JSONISH.map(json.dumps) | st.text(max_size=30)), max_size=12))
+def test_read_claims_never_raises_and_answers_every_probe(lines):
+    text = "\n".join(f"{index}\t{payload}" for index, payload in lines)
+    claims = read_claims(text, 2)
+    assert len(claims) == 2
