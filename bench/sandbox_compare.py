@@ -1,7 +1,10 @@
-"""Compare the hand-written sandbox (``rewards.sandbox``) with bubblewrap on attacks held and
-executions per second. Needs root and the Debian package ``bubblewrap``; run:
+"""Compare the hand-written sandbox (``rewards.sandbox``) with bubblewrap on attacks held,
+executions per second and CPU time per execution (launcher, init and program together: the
+start-up cost, steady under load where wall-clock rates are not). Needs root; bubblewrap (the
+Debian package ``bubblewrap``) is compared where installed, else skipped. Run:
 
     .venv/bin/python bench/sandbox_compare.py [--runs 200]
+    PYTHONPATH=<other checkout> .venv/bin/python bench/sandbox_compare.py   # that checkout's sandbox
 
 bubblewrap is driven the way a reward would use it: started as uid 65534 (``setpriv``, so the
 process-count limit applies), every namespace unshared, ``/`` read-only, a fresh ``/proc`` and
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +55,14 @@ ATTACKS = {  # name -> (program, "held" when its last output line is this)
                            "    n += 1\nprint('held' if n < 100 else 'open')", "held"),
     "allocate 4 GiB": ("try:\n    x = bytearray(4 << 30)\n    print('open')\nexcept MemoryError:\n    print('held')", "held"),
     "see host processes": ("import os\nprint('held' if len([p for p in os.listdir('/proc') if p.isdigit()]) < 5 else 'open')",
+                           "held"),
+    "read the project tree": (f"try:\n    open({str(Path(__file__).resolve())!r}).read()\n    print('open')\n"
+                              "except OSError:\n    print('held')", "held"),
+    "memfd of 64 MiB": ("import os\ntry:\n    os.write(os.memfd_create('x'), bytes(64 << 20))\n    print('open')\n"
+                        "except OSError:\n    print('held')", "held"),
+    "nested user namespace": ("import ctypes\nprint('open' if ctypes.CDLL(None).unshare(0x10000000) == 0 else 'held')",
+                              "held"),
+    "SysV shared memory": ("import ctypes\nprint('open' if ctypes.CDLL(None).shmget(0, 1 << 20, 0o1600) >= 0 else 'held')",
                            "held"),
 }
 
@@ -98,20 +110,26 @@ def run_rlp(source: str, stdin: str, limits: sandbox.SandboxLimits) -> tuple[int
     return result.returncode, result.stdout
 
 
-SYSTEMS = {"rewards.sandbox": run_rlp, "bubblewrap": run_bwrap}
+SYSTEMS = {"rewards.sandbox": run_rlp, **({"bubblewrap": run_bwrap} if shutil.which("bwrap") else {})}
 
 
-def throughput(system, runs: int, threads: int) -> float:
+def throughput(system, runs: int, threads: int) -> tuple[float, float]:
+    """Executions per second, and CPU milliseconds per execution of every process it started."""
     adder = "a, b = map(int, input().split())\nprint(a + b)"
 
     def one(i: int) -> bool:
         return system(adder, f"{i} 1\n", LIMITS)[1].split() == [str(i + 1)]
 
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _children_cpu_s()
     with ThreadPoolExecutor(threads) as pool:
         ok = sum(pool.map(one, range(runs)))
     assert ok == runs, f"{runs - ok} runs gave a wrong answer"
-    return runs / (time.monotonic() - start)
+    return runs / (time.monotonic() - start), 1000 * (_children_cpu_s() - cpu) / runs
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped descendants: launcher, init, program
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -121,8 +139,10 @@ def main() -> None:
     import ctypes
 
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: see _reap_orphans
-    version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {version}")
+    version = (subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
+               if "bubblewrap" in SYSTEMS else "bubblewrap not installed: skipped")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {version}; "
+          f"sandbox {Path(sandbox.__file__).resolve()}")
     print("| attack | " + " | ".join(SYSTEMS) + " |\n|---|" + "---|" * len(SYSTEMS))
     held = dict.fromkeys(SYSTEMS, 0)
     for name, (program, want) in ATTACKS.items():
@@ -137,7 +157,8 @@ def main() -> None:
     for threads in (1, 2):
         rates = {label: throughput(system, args.runs, threads) for label, system in SYSTEMS.items()}
         print(f"| executions/s, {threads} thread(s), {args.runs} runs | "
-              + " | ".join(f"{rates[s]:.1f}" for s in SYSTEMS) + " |")
+              + " | ".join(f"{rates[s][0]:.1f}" for s in SYSTEMS) + " |")
+        print(f"| CPU ms per execution, {threads} thread(s) | " + " | ".join(f"{rates[s][1]:.1f}" for s in SYSTEMS) + " |")
     print(json.dumps({"held": held}))
 
 

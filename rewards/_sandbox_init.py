@@ -1,5 +1,8 @@
 """Sandbox launcher: ``python -I -S _sandbox_init.py CONFIG_FD REPORT_FD``, stdlib only.
 
+``rewards.sandbox`` imports it as a module instead (``python -I -S -c BOOT``), so its bytecode
+is cached in ``__pycache__`` rather than compiled on every run.
+
 It is the first process of a sandboxed execution (started by ``rewards.sandbox`` in its own
 process group, with a scrubbed environment). It reads its configuration (argv, environment,
 limits, the runtime's layout and the files to run) as JSON from the pipe ``CONFIG_FD`` and
@@ -8,8 +11,9 @@ host's disk, so a launcher killed at any point leaves no folder behind. Layers:
 
 1. namespaces: new network (loopback only, down: no connection leaves), mount, PID, IPC and
    UTS namespaces. As root directly; otherwise inside a new user namespace if the kernel
-   allows unprivileged ones. Where neither works the launcher refuses to run the program
-   (exit 126) unless the caller passed ``require_isolation: false``.
+   allows unprivileged ones. Where neither works, or the kernel is older than 5.14 (it counts
+   RLIMIT_NPROC per host user, so concurrent sandboxes would share one budget), the launcher
+   refuses to run the program (exit 126) unless the caller passed ``require_isolation: false``.
 2. in the new PID namespace a small init process (pid 1) forks the program and, when the
    program exits, exits too: the kernel then kills every process left in the namespace,
    including ones that called ``setsid()`` to leave the process group.
@@ -35,7 +39,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import resource
 import signal
 import sys
@@ -54,6 +57,7 @@ NAMESPACE_LIMITS = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")
 IPC_LIMITS = ("kernel/shmmni", "kernel/msgmni")  # per IPC namespace; 0: no segment, no queue
 PASSWD = "nobody:x:{uid}:{gid}:nobody:/tmp/sandbox:/nonexistent\n"
 REFUSED = 126
+MIN_KERNEL = (5, 14)  # RLIMIT_NPROC counted per user namespace (ucounts) from here on
 CAP_SETUID = 7
 
 # system call numbers; denied: memfd_create, memfd_secret, io_uring_setup; x32: the x32 ABI's bit
@@ -172,7 +176,7 @@ def write_files(folder: str, files: dict[str, str], uid: int | None, gid: int | 
 
 
 def _arch() -> dict:
-    machine = platform.machine()
+    machine = os.uname().machine
     if machine not in ARCHES:
         raise OSError(ENOSYS, f"no seccomp filter for {machine}: the sandbox supports {', '.join(ARCHES)}")
     return ARCHES[machine]
@@ -340,6 +344,11 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def kernel_version() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 def _has_capability(cap: int) -> bool:
     with open("/proc/self/status") as f:
         effective = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
@@ -373,9 +382,8 @@ def _run_unisolated(cfg: dict, report_fd: int) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def main() -> int:
-    cfg = json.loads(_read_all(int(sys.argv[1])))
-    report_fd = int(sys.argv[2])
+def main(config_fd: int, report_fd: int) -> int:
+    cfg = json.loads(_read_all(config_fd))
     os.set_inheritable(report_fd, False)  # the program never gets it (it closes at exec)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     report = enter_namespaces()
@@ -383,10 +391,13 @@ def main() -> int:
     # root switches the program to uid 65534; uid 0 of a user namespace (or a root without
     # CAP_SETUID, as in an unprivileged container) cannot, and keeps its uid without capabilities
     cfg["switch_uid"] = os.geteuid() == 0 and not cfg["userns"] and _has_capability(CAP_SETUID)
+    # before 5.14 RLIMIT_NPROC counts per host user: concurrent sandboxes would share one budget
+    old_kernel = kernel_version() < MIN_KERNEL
+    report["old_kernel"] = old_kernel
     _send(report_fd, report)
+    if cfg["require_isolation"] and (old_kernel or not report["namespaces"]):
+        return REFUSED
     if not report["namespaces"]:
-        if cfg["require_isolation"]:
-            return REFUSED
         return _run_unisolated(cfg, report_fd)
     pid = os.fork()  # the child is pid 1 of the new PID namespace
     if pid == 0:
@@ -402,4 +413,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))

@@ -330,3 +330,11 @@ def test_the_python_tool_refuses_the_same_means():
         print("shm", "open" if libc.shmget(0, 1 << 20, 0o1600) >= 0 else "refused")
     """)
     assert python_tool(program).split() == ["memfd", "refused", "userns", "refused", "shm", "refused"]
+
+
+def test_a_kernel_that_counts_processes_per_host_user_is_refused():
+    """Before 5.14 RLIMIT_NPROC is per host user whatever the namespace: the report of such a
+    kernel (this one's, with the launcher's flag set) must make the machine count as unisolated."""
+    assert sandbox.isolation_problem(ISOLATION) is None
+    problem = sandbox.isolation_problem({**ISOLATION, "old_kernel": True})
+    assert problem is not None and "RLIMIT_NPROC" in problem
