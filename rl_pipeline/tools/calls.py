@@ -204,14 +204,14 @@ class ToolRunner:
             started[index] = time.monotonic()
 
         tool = self.tools[call.name]
-        if tool.inline:
-            start()
-            try:
+        try:
+            if tool.inline:
+                start()
                 output, status = tool(call.arguments), "ok"
-            except Exception as exc:  # noqa: BLE001 - a failing tool is an answer the policy reads
-                output, status = f"error: {type(exc).__name__}: {exc}", "error"
-        else:
-            output, status = self.processes.call(call.name, call.arguments, self.timeout_s, start)
+            else:
+                output, status = self.processes.call(call.name, call.arguments, self.timeout_s, start)
+        except Exception as exc:  # noqa: BLE001 - a failing tool is an answer the policy reads
+            output, status = f"error: {type(exc).__name__}: {exc}", "error"
         begin = started.get(index, time.monotonic())
         return ToolResult(call.name, call.arguments, printable(output), status, time.monotonic() - begin)
 

@@ -104,7 +104,10 @@ class ToolProcesses:
         with self.lock:
             if self.idle:
                 return self.idle.pop(), ""
-        worker = self.spawner.submit(_Worker, self.tools).result()
+        try:
+            worker = self.spawner.submit(_Worker, self.tools).result()
+        except (OSError, RuntimeError) as exc:  # no process to be had (fork failed), or closed
+            return None, f"{type(exc).__name__}: {exc}"
         try:
             ready = worker.answer(START_TIMEOUT_S)
         except (OSError, EOFError, ValueError) as exc:
