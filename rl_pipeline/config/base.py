@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class InputError(ValueError):
@@ -17,3 +19,11 @@ class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _zero_is_off(value: object) -> object:
+    return None if value == 0 and not isinstance(value, bool) else value
+
+
+# A period in steps (`eval_every`, `save_every`): 0 or null turns it off, as users write it.
+EveryNSteps = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_zero_is_off)]

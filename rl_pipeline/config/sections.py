@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rl_pipeline.config.base import Section
+from rl_pipeline.config.base import EveryNSteps, Section
 
 
 class ModelConfig(Section):
@@ -136,14 +136,14 @@ class TrainerConfig(Section):
 class SFTConfig(Section):
     epochs: float = Field(2.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
-    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps")
+    eval_every: EveryNSteps = Field(None, description="validation loss every N steps; 0 or null: off")
     stop_at_accuracy: float | None = Field(
         None, gt=0, le=1,
         description="stop at the first sft.eval_every check where greedy exact-match accuracy on data.eval "
                     "reaches this (a base stopped mid-way for RL); needs data.eval and sft.eval_every",
     )
     log_every: int = Field(1, ge=1)
-    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
 
 
@@ -228,13 +228,14 @@ class GRPOConfig(Section):
         "to correct for it); pays off when engines and trainer ranks sit on different GPUs",
     )
     prompt_template: str | None = Field(None, description="format string with {prompt}; None = chat template")
-    eval_every: int | None = Field(None, ge=1, description="evaluate on data.eval every N steps")
+    eval_every: EveryNSteps = Field(None, description="evaluate on data.eval every N steps; 0 or null: off")
     eval_samples: int = Field(4, ge=1, description="k of pass@k")
     eval_limit: int | None = Field(None, ge=1, description="evaluate on the first N eval prompts only")
-    accuracy_reward: str | None = Field(None, description="reward component that defines 'correct'; None = the first")
+    accuracy_reward: str | None = Field(None, description="reward component that defines 'correct'; None = the first that grades "
+                                 "correctness (math, code or a function taking ground_truth), else no accuracy")
     accuracy_threshold: float = Field(1.0, description="a completion is correct when that component scores >= this")
     reference_replicas: int = Field(1, ge=1, description="reference-model actors (used when kl_coef > 0)")
-    save_every: int | None = Field(None, ge=1)
+    save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
 
 
@@ -373,9 +374,10 @@ class RMConfig(Section):
 
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
-    eval_every: int | None = Field(None, ge=1, description="held-out loss/accuracy/margin on data.eval every N steps")
+    eval_every: EveryNSteps = Field(
+        None, description="held-out loss/accuracy/margin on data.eval every N steps; 0 or null: off")
     log_every: int = Field(1, ge=1)
-    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"

@@ -4,9 +4,10 @@ command that resumes.
 
 SIGINT goes to the driver's pid alone (`kill -INT`), the harder case: the actors, busy with the
 call the driver waits on, are not interrupted with it. Waits made to happen on purpose:
-- on a reward: an injected slow function (`stalls`) sleeps 600 s a sample once a marker file
-  exists, which the test creates after the first checkpoint; the function touches `entered`
-  when it starts sleeping, so the signal lands while the driver waits on the reward service;
+- on a reward: an injected slow function (`stalls`) sleeps 600 s a sample once the run's first
+  checkpoint exists (the function itself looks, so the stall is step 2's scoring however fast
+  the steps go); it touches `entered` when it starts sleeping, so the signal lands while the
+  driver waits on the reward service;
 - on the engines: right after the local Ray instance starts, while the vLLM engines start up.
 The test timeout (60 s per wait) is a generous bound for "within 10 s", not a measurement.
 """
@@ -31,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 STALLS = textwrap.dedent("""
     import os, time
 
-    def stalls(prompts, completions, marker, **_):
+    def stalls(prompts, completions, marker, entered, **_):
         if os.path.exists(marker):
-            open(marker + ".entered", "a").close()
+            open(entered, "a").close()
             time.sleep(600)  # injected fault: a reward far slower than anything should be
         return [0.0]
 """)
@@ -76,16 +77,15 @@ def interrupt(proc: subprocess.Popen, log: Path) -> str:
 
 @pytest.mark.timeout(900)
 def test_ctrl_c_while_waiting_on_a_reward_stops_with_the_resume_line(tiny_model_dir, task_dir, tmp_path):
-    reward_file, marker = tmp_path / "my_rewards.py", tmp_path / "slow-now"
+    reward_file, entered = tmp_path / "my_rewards.py", tmp_path / "entered"
     reward_file.write_text(STALLS)
+    marker = tmp_path / "run" / "checkpoints" / "latest"  # step 2's scoring stalls
     functions = [{"name": "math", "kwargs": {"answer_after": None}},
-                 {"name": f"{reward_file}:stalls", "kwargs": {"marker": str(marker)}}]
+                 {"name": f"{reward_file}:stalls", "kwargs": {"marker": str(marker), "entered": str(entered)}}]
     args = overrides(tiny_model_dir, task_dir, tmp_path, functions) + ["--run-dir", str(tmp_path / "run")]
     log = tmp_path / "console.log"
     proc = start(args, log)
-    wait_for((tmp_path / "run" / "checkpoints" / "latest").exists, proc, log)
-    marker.touch()  # step 2's scoring stalls
-    wait_for(Path(f"{marker}.entered").exists, proc, log)
+    wait_for(entered.exists, proc, log)
     last = interrupt(proc, log)
     assert last.startswith("interrupted at step 1 of 3 (grpo; checkpoint: step 1); resume with: "), last
     # the exact command (shell-quoted where a value has spaces), with --run-dir and --resume

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,8 +82,10 @@ def test_slow_and_raising_rewards_are_bounded_and_named(ray_local, tiny_model_di
         assert row["reward/sleeps/timeouts"] == 8.0  # every sample, each step
         # Without the batch deadline each sample waits its 10 s timeout, two at a time: 40 s.
         assert row["time/reward"] < SLEEP_S
-        assert row["reward/picky/errors"] + row["reward/picky/applicable"] == 8.0
-    assert all(r["reward/picky/errors"] > 0 for r in rows)
+        # a failure scores failure_score (-1) in its component, a graded sample 1.0
+        errors = row["reward/picky/errors"]
+        assert 0 < errors < 8 and row["reward/picky/applicable"] == 8.0
+        assert row["reward/picky/mean"] == pytest.approx((8 - 2 * errors) / 8)
     console = [r.getMessage() for r in caplog.records]
     sleeps = [m for m in console if m.startswith("reward 'sleeps': 8 timed out of 8 samples")]
     assert sleeps and "rewards.batch_timeout_s 4 s a batch" in sleeps[0]
@@ -107,6 +110,7 @@ def test_reward_returning_none_fails_in_one_line_before_training(tiny_model_dir,
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: rewards.functions[1]: reward '") and "my_rewards.py:nothing'" in last, last
-    assert "returned None (NoneType); expected a list of 1 scores (batch row 0: prompt '" in last, last
+    # the row the pool finished first: two workers score the batch concurrently
+    assert re.search(r"returned None \(NoneType\); expected a list of 1 scores \(batch row \d: prompt '", last), last
     metrics = run_dir / "metrics.jsonl"
     assert not metrics.exists() or read_metrics(metrics) == [], "a step was logged before the error"
