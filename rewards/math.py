@@ -19,8 +19,8 @@ the last "answer") when that lies further back; a GSM8K answer at most ``MAX_GSM
 Parsing and comparison run under math-verify's own timeouts (``timeout_s``, whole seconds):
 they use ``signal.alarm``, which works on a process's main thread only, as in the reward pool's
 workers, where an overrun (a power tower that sympy would evaluate for minutes) scores 0 and
-the worker lives on. On any other thread they are off and the caller's deadline applies (the
-pool's per-sample timeout, which kills the worker). Short malformed LaTeX can still cost
+the worker lives on. On any other thread, or under a pending alarm of the caller's, they are
+off and the caller's deadline applies (the pool's per-sample timeout, which kills the worker). Short malformed LaTeX can still cost
 math-verify up to ``timeout_s`` per parse or comparison, whatever the completion's length.
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
 from functools import lru_cache
 from typing import Any
@@ -135,8 +136,11 @@ def answer_window(text: str) -> str:
 
 
 def _alarm_timeout(timeout_s: int) -> int | None:
-    """math-verify's timeouts are ``signal.alarm``: usable on the main thread only (module doc)."""
-    return timeout_s if threading.current_thread() is threading.main_thread() else None
+    """math-verify's timeouts are ``signal.alarm``: usable on the main thread only (module doc),
+    and not under a pending alarm of the caller's (pytest-timeout's), which they would cancel."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return None if signal.getitimer(signal.ITIMER_REAL)[0] > 0 else timeout_s
 
 
 def _gsm8k_tail(text: str) -> str | None:

@@ -151,6 +151,16 @@ def test_math_from_a_thread_works_without_alarms():
     assert results == [[1.0, 0.0]]
 
 
+def test_math_keeps_a_pending_alarm_of_the_caller():
+    # math-verify's timeouts end with alarm(0): under a caller's alarm (pytest-timeout's) they stay off.
+    previous = signal.setitimer(signal.ITIMER_REAL, 600)
+    try:
+        assert rewards.get("math")(["q"], ["\\boxed{2}"], ground_truth=["2"]) == [1.0]
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *previous)
+
+
 def test_math_rejects_a_fractional_timeout():
     with pytest.raises(ValueError, match="reward 'math': timeout_s must be a whole number"):
         rewards.get("math", timeout_s=0.5)(["q"], ["1"], ground_truth=["1"])
