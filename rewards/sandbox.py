@@ -50,10 +50,10 @@ so a system Python (e.g. ``/usr/bin/python3``) is used when the caller's lives u
 the launcher runs on that interpreter too (it starts in ~6 ms, a venv's pyenv Python in ~20).
 The interpreter must not live under ``/tmp`` (the new root is built there).
 
-Not stopped: a program may use its CPU and memory budget as it likes; socket buffers
-(``socketpair``, up to the kernel's ``wmem_max`` per socket and ``open_files`` sockets per
-process) and other kernel objects a process may hold per open file are bounded only through
-``open_files`` x ``processes``; it sees the host's kernel (``uname``, ``/proc/cpuinfo``,
+Not stopped: a program may use its CPU and memory budget as it likes; socket buffers stay at
+the kernel's defaults (``SO_SNDBUF``/``SO_RCVBUF`` are ignored), and they and other kernel
+objects a process may hold per open file are bounded only through ``open_files`` x
+``processes``; it sees the host's kernel (``uname``, ``/proc/cpuinfo``,
 ``/proc/meminfo``) and the names of the runtime's system libraries.
 """
 

@@ -1,7 +1,10 @@
 """A task the tiny model cannot do in its head but can with the `calculator` tool: multiplying
 two 3-digit numbers. Rows carry the prompt ("123*456="), the exact product as `ground_truth`
 and a tool-use demonstration as `messages` (user, assistant tool call, tool result, assistant
-answer) that `rlp sft` trains on with data.train.format=messages."""
+answer) that `rlp sft` trains on (the `messages` column is detected as the format).
+
+`python -m rl_pipeline.data.tool_task OUT_DIR` writes train (512), test (200) and eval (64):
+recipes/sft_tools_tiny.yaml validates on eval, recipes/grpo_tools_tiny.yaml holds out test."""
 
 from __future__ import annotations
 
@@ -48,9 +51,11 @@ def write_multiplication_task(out_dir: str | Path, sizes: dict[str, int], seed: 
     return out
 
 
+# eval comes last so train and test are the rows they were before it existed.
+SPLITS = {"train": 512, "test": 200, "eval": 64}
+
 if __name__ == "__main__":  # python -m rl_pipeline.data.tool_task OUT_DIR
     import sys
 
-    target = write_multiplication_task(sys.argv[1] if len(sys.argv) > 1 else "runs/tool-task",
-                                       {"train": 512, "test": 200}, seed=0)
-    print(f"wrote {target}/train.jsonl (512 rows) and test.jsonl (200 rows)")
+    target = write_multiplication_task(sys.argv[1] if len(sys.argv) > 1 else "runs/tool-task", SPLITS, seed=0)
+    print(f"wrote {', '.join(f'{target}/{split}.jsonl ({n} rows)' for split, n in SPLITS.items())}")
