@@ -86,7 +86,8 @@ def test_unknown_tool_fails_before_any_actor_starts(tiny_model_dir, tool_task_di
 # end above the same GRPO (same recipe, steps and samples) without tools by as much.
 # Measured (2 cores, seeds: task 0, SFT 0, GRPO 0; 30 steps of 16 prompts x 8, lr 3e-4): held-out
 # greedy 40.0% -> 68.0% with the calculator (3 sd of 40% on 200 = 10.4 points), 0% -> 0% without
-# tools (the model cannot multiply in its head, so every group is flat). ~180 s including SFT.
+# tools in 30 steps (the model cannot multiply in its head, so every group is flat; the test runs
+# one such step). ~210 s including SFT with both 30-step runs.
 # With grpo.seed=1 (a one-off run): 40.0% -> 75.0%. A repeat with seed 0 gave 68.0% again.
 SFT_STOP_AT = 0.3
 HELD_OUT = 200
@@ -112,13 +113,16 @@ def test_grpo_with_the_calculator_learns_what_grpo_without_it_cannot(ray_local, 
     recipe_file = Path(__file__).resolve().parents[2] / "recipes" / "grpo_tools_tiny.yaml"
     overrides = [f"model.path={base}", f"data.train.path={task / 'train.jsonl'}",
                  f"data.eval.path={task / 'test.jsonl'}", f"output_dir={tmp_path}", "tracking.tensorboard=false"]
-    results = {}
-    for label in ("tools", "no_tools"):
-        recipe = load_recipe(recipe_file, overrides)
+    results, rows = {}, {}
+    # Without tools one step shows all there is: every group is flat (the model cannot multiply in
+    # its head), so GRPO has nothing to learn from; 30 such steps end where they start (measured).
+    for label, steps in (("tools", None), ("no_tools", 1)):
+        recipe = load_recipe(recipe_file, overrides + ([f"grpo.steps={steps}"] if steps else []))
         if label == "no_tools":
             recipe.tools = None
         run = train_grpo(recipe, run_dir=tmp_path / label)
-        evals = [r["eval/accuracy"] for r in read_metrics(run.run_dir / "metrics.jsonl") if "eval/accuracy" in r]
+        rows[label] = read_metrics(run.run_dir / "metrics.jsonl")
+        evals = [r["eval/accuracy"] for r in rows[label] if "eval/accuracy" in r]
         results[label] = (evals[0], evals[-1])
     start, end = results["tools"]
     margin = 3 * binomial_sd(start, HELD_OUT)
@@ -126,4 +130,6 @@ def test_grpo_with_the_calculator_learns_what_grpo_without_it_cannot(ray_local, 
           f"3 sd = {margin:.3f}")
     assert 0.05 < start < 0.9, f"the SFT base is not partly trained: {results}"
     assert end - start >= margin, results
-    assert end - results["no_tools"][1] >= margin, results
+    assert end - results["no_tools"][0] >= margin, results
+    flat = [r for r in rows["no_tools"] if "train/groups_total" in r]
+    assert flat and all(r["train/groups_dropped"] == r["train/groups_total"] for r in flat), flat
