@@ -20,8 +20,9 @@ Parsing and comparison run under math-verify's own timeouts (``timeout_s``, whol
 they use ``signal.alarm``, which works on a process's main thread only, as in the reward pool's
 workers, where an overrun (a power tower that sympy would evaluate for minutes) scores 0 and
 the worker lives on. On any other thread, or under a pending alarm of the caller's, they are
-off and the caller's deadline applies (the pool's per-sample timeout, which kills the worker). Short malformed LaTeX can still cost
-math-verify up to ``timeout_s`` per parse or comparison, whatever the completion's length.
+off and the caller's deadline applies (the pool's per-sample timeout, which kills the worker).
+Short malformed LaTeX can still cost math-verify up to ``timeout_s`` per parse or comparison,
+whatever the completion's length.
 """
 
 from __future__ import annotations

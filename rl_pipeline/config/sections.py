@@ -231,8 +231,9 @@ class GRPOConfig(Section):
     eval_every: EveryNSteps = Field(None, description="evaluate on data.eval every N steps; 0 or null: off")
     eval_samples: int = Field(4, ge=1, description="k of pass@k")
     eval_limit: int | None = Field(None, ge=1, description="evaluate on the first N eval prompts only")
-    accuracy_reward: str | None = Field(None, description="reward component that defines 'correct'; None = the first that grades "
-                                 "correctness (math, code or a function taking ground_truth), else no accuracy")
+    accuracy_reward: str | None = Field(
+        None, description="reward component that defines 'correct'; None = the first that grades correctness "
+                          "(math, code or a function taking ground_truth), else no accuracy")
     accuracy_threshold: float = Field(1.0, description="a completion is correct when that component scores >= this")
     reference_replicas: int = Field(1, ge=1, description="reference-model actors (used when kl_coef > 0)")
     save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
