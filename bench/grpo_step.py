@@ -231,7 +231,7 @@ def run_memory(work: Path, args) -> dict:
         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)).float().train()
     n, prompt, completion = args.memory_sequences, 16, args.memory_completion
     ids = torch.randint(0, args.memory_vocab, (n, prompt + completion)).tolist()
-    rows = [{"input_ids": seq, "prompt_len": prompt, "advantage": (-1.0) ** i, "trained": True,
+    rows = [{"input_ids": seq, "prompt_len": prompt, "advantage": [(-1.0) ** i] * completion, "trained": True,
              "sampler_logprobs": [0.0] * completion, "ref_logprobs": None} for i, seq in enumerate(ids)]
     batch = collate_grpo(rows, 0, "cpu")
 

@@ -32,14 +32,11 @@ import asyncio
 import concurrent.futures
 import importlib
 import importlib.metadata
-import importlib.util
 import inspect
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import isnan  # not `import math`: the submodule rewards.math would shadow it
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -240,57 +237,9 @@ def _resolve(name_or_path: str) -> Callable[..., Any]:
 
 
 def _load_path(spec: str) -> Callable[..., Any]:
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise UnknownRewardError(f"reward {spec!r}: expected 'module:function' or 'file.py:function'")
-    try:
-        if target.endswith(".py"):
-            module = _import_file(Path(target))
-        else:
-            module = importlib.import_module(target)
-    except (ImportError, FileNotFoundError) as exc:
-        raise UnknownRewardError(f"reward {spec!r}: cannot import {target!r}: {exc}") from exc
-    except SyntaxError as exc:  # the user's file (or a module it imports) does not parse
-        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
-        raise UnknownRewardError(f"reward {spec!r}: {where}: {type(exc).__name__}: {exc.msg}") from None
-    except Exception as exc:  # module-level code of the user's file raised
-        raise UnknownRewardError(f"reward {spec!r}: importing {target!r} raised at {_raised_at(exc)}: "
-                                 f"{type(exc).__name__}: {exc}") from None
-    obj = getattr(module, attr, None)
-    if obj is None or not callable(obj):
-        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise UnknownRewardError(
-            f"reward {spec!r}: {target!r} has no callable {attr!r}; it defines: {', '.join(names)}"
-        )
-    return obj
+    from rl_pipeline.plugins import load_object
 
-
-def _raised_at(exc: BaseException) -> str:
-    """'file, line N' of the innermost frame of the exception's traceback."""
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else "?"
-
-
-def _import_file(path: Path) -> Any:
-    path = path.expanduser().resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    module_name = f"rl_pipeline_user_rewards.{path.stem}_{abs(hash(str(path))):x}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+    return load_object(spec, "reward", UnknownRewardError)
 
 
 def _adapt(obj: Callable[..., Any]) -> Callable[..., Any]:
@@ -334,8 +283,9 @@ async def _await(awaitable: Any) -> Any:
 
 
 def _qualname(obj: Any) -> str:
-    wrapped = getattr(obj, "__wrapped_verl__", obj)
-    return f"{getattr(wrapped, '__module__', '?')}.{getattr(wrapped, '__qualname__', repr(wrapped))}"
+    from rl_pipeline.plugins import qualname
+
+    return qualname(obj)
 
 
 def _load_builtins() -> None:

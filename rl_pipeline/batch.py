@@ -23,7 +23,7 @@ class GRPOSample:
     prompt_ids: list[int]
     completion_ids: list[int]
     sampler_logprobs: list[float]
-    advantage: float | list[float]  # one per completion (broadcast), or one per completion id (distillation)
+    advantage: list[float]  # one per completion id (a float given here is broadcast over the completion)
     reward: float
     group: int
     truncated: bool
@@ -31,6 +31,12 @@ class GRPOSample:
     ref_logprobs: list[float] | None = None
     teacher_logprobs: list[float] | None = None  # on-policy distillation: the teacher's, at the sampling T
     loss_mask: list[int] | None = None  # per completion id: 0 = not sampled (a tool result); None = all 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.advantage, list):  # a sequence's advantage holds for each of its tokens
+            self.advantage = [float(self.advantage)] * len(self.completion_ids)
+        if len(self.advantage) != len(self.completion_ids):
+            raise ValueError(f"{len(self.advantage)} advantages for {len(self.completion_ids)} completion ids")
 
     def trained_tokens(self) -> int:
         """Completion ids that count in the loss (sampled ones only, when a loss mask is set)."""
@@ -41,7 +47,7 @@ class GRPOSample:
         return {
             "input_ids": self.prompt_ids + self.completion_ids,
             "prompt_len": len(self.prompt_ids),
-            "advantage": self.advantage if self.trained else 0.0,
+            "advantage": self.advantage if self.trained else [0.0] * len(self.advantage),
             "trained": self.trained,
             "sampler_logprobs": self.sampler_logprobs,
             "ref_logprobs": self.ref_logprobs,
@@ -149,10 +155,10 @@ def merge_batches(batches: list[GRPOBatch]) -> GRPOBatch:
 
 def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tensor | None]:
     """Right-padded ids [N, T] and label-aligned [N, T-1] tensors: completion-token mask,
-    sampler and reference logprobs, advantages (a row's float broadcast over its completion, or its
-    per-completion-token list; 0 elsewhere). Label position t predicts token t+1, so
-    completion token j of a row sits at position prompt_len - 1 + j. A row's `loss_mask` (if
-    any) clears the positions of ids that were not sampled (tool results)."""
+    sampler and reference logprobs, advantages (a row's per-completion-token list; 0 elsewhere).
+    Label position t predicts token t+1, so completion token j of a row sits at position
+    prompt_len - 1 + j. A row's `loss_mask` (if any) clears the positions of ids that were not
+    sampled (tool results)."""
     width = max(len(r["input_ids"]) for r in rows)
     n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -171,9 +177,7 @@ def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tenso
         sampler[i, start:end] = torch.tensor(row["sampler_logprobs"], dtype=torch.float32)
         if has_ref:
             ref[i, start:end] = torch.tensor(row["ref_logprobs"], dtype=torch.float32)
-        advantage = row["advantage"]
-        advantages[i, start:end] = torch.tensor(advantage, dtype=torch.float32) if isinstance(advantage, list) \
-            else float(advantage)
+        advantages[i, start:end] = torch.tensor(row["advantage"], dtype=torch.float32)
     positions = torch.arange(width).expand(n, width)
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return {"input_ids": move(ids), "position_ids": move(positions), "mask": move(mask),

@@ -198,13 +198,14 @@ AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, LossNormaliser, int | None], T
 class GRPOLossConfig:
     """Knobs of `grpo_policy_loss`; defaults are the seeds' GRPO without the KL term."""
 
-    eps_low: float = 0.2  # ratio clipped below at 1 - eps_low
+    eps_low: float = 0.2  # ratio clipped below at 1 - eps_low (1: no lower clip)
     eps_high: float = 0.2  # ... and above at 1 + eps_high (DAPO: 0.28)
     beta: float = 0.0  # KL coefficient; 0 means no reference model is needed
     kl_estimator: str = "k3+"  # a key of KL_ESTIMATORS (see the table above them)
     aggregation: str = "seq-mean-token-mean"  # a key of AGGREGATIONS
     max_length_norm: int | None = None  # Dr. GRPO's constant; required by seq-mean-token-sum-norm
     tis_cap: float | None = None  # truncated importance sampling cap; None disables it
+    scale_advantages_by_std: bool = True  # A = (r - mean) / std; False: Dr. GRPO's r - mean
 
     def __post_init__(self) -> None:
         """Reject unknown names and out-of-range values with the field's name."""
@@ -216,9 +217,9 @@ class GRPOLossConfig:
             raise ValueError(
                 f"aggregation {self.aggregation!r} is not one of {sorted(AGGREGATIONS)}"
             )
-        if not (0.0 <= self.eps_low < 1.0) or self.eps_high < 0.0:
+        if not (0.0 <= self.eps_low <= 1.0) or self.eps_high < 0.0:
             raise ValueError(
-                f"need 0 <= eps_low < 1 and eps_high >= 0, got {self.eps_low}, {self.eps_high}"
+                f"need 0 <= eps_low <= 1 and eps_high >= 0, got {self.eps_low}, {self.eps_high}"
             )
         if self.beta < 0.0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
@@ -254,7 +255,29 @@ def tis_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
     return torch.exp(log_w).clamp(max=cap)
 
 
-def grpo_policy_loss(
+# A policy term per token: (log_ratio [N, T] = logp - old_logp with the gradient through logp,
+# advantages [N, T], mask [N, T], config) -> (loss [N, T], clipped_low, clipped_high), the bool
+# masks marking tokens whose ratio left the clip range below / above (metrics only).
+TokenLoss = Callable[[Tensor, Tensor, Tensor, "GRPOLossConfig"], tuple[Tensor, Tensor, Tensor]]
+
+
+def clipped_surrogate_loss(log_ratio: Tensor, advantages: Tensor, mask: Tensor,
+                           config: GRPOLossConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """GRPO's (PPO's) per-token term, the `TokenLoss` of the GRPO entry."""
+    return clipped_surrogate(log_ratio, advantages, config.eps_low, config.eps_high)
+
+
+def grpo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
+                     normaliser: LossNormaliser, config: GRPOLossConfig = GRPOLossConfig(),
+                     ref_logp: Tensor | None = None, sampler_logp: Tensor | None = None,
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+    """`policy_loss` with GRPO's clipped surrogate (see there)."""
+    return policy_loss(clipped_surrogate_loss, logp, old_logp, advantages, mask, normaliser=normaliser,
+                       config=config, ref_logp=ref_logp, sampler_logp=sampler_logp)
+
+
+def policy_loss(
+    token_loss: TokenLoss,
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
@@ -265,12 +288,12 @@ def grpo_policy_loss(
     ref_logp: Tensor | None = None,
     sampler_logp: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """This micro-batch's share of the GRPO loss, and its share of every metric.
+    """This micro-batch's share of a policy-gradient loss, and its share of every metric.
 
     logp [N, T] (requires grad), old_logp / ref_logp / sampler_logp [N, T], advantages [N]
     (one per sequence) or [N, T], mask [N, T]. Per token:
-    tis_w * -min(rho*A, clip(rho)*A) + beta * KL_t, aggregated by `config.aggregation` with the
-    GLOBAL `normaliser` (see the module docstring). Masked positions may hold anything.
+    tis_w * token_loss + beta * KL_t (GRPO's token_loss: -min(rho*A, clip(rho)*A)), aggregated by
+    `config.aggregation` with the GLOBAL `normaliser` (see the module docstring). Masked positions may hold anything.
     Metrics (detached scalars) sum over micro-batches and ranks to their global value:
     loss/* in the loss's aggregation, policy/* as means over valid tokens.
     """
@@ -285,9 +308,7 @@ def grpo_policy_loss(
     logp, old_logp = torch.where(mask, logp, zero), torch.where(mask, old_logp, zero).detach()
     log_ratio = logp - old_logp
 
-    pg_mat, clip_low, clip_high = clipped_surrogate(
-        log_ratio, advantages, config.eps_low, config.eps_high
-    )
+    pg_mat, clip_low, clip_high = token_loss(log_ratio, advantages.expand_as(logp), mask, config)
     aggregate = AGGREGATIONS[config.aggregation]
 
     def token_mean(values: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from rl_pipeline.config.base import InputError, RecipeError, Section
 from rl_pipeline.config.cluster import (
@@ -31,6 +31,7 @@ from rl_pipeline.config.cluster import (
     TrackingConfig,
 )
 from rl_pipeline.config.sections import (
+    AlgorithmConfig,
     DataConfig,
     DatasetConfig,
     DistillConfig,
@@ -50,7 +51,7 @@ from rl_pipeline.config.sections import (
 )
 
 __all__ = [
-    "CheckpointConfig", "ClusterConfig", "DataConfig", "DatasetConfig", "DistillConfig", "GRPOConfig", "InputError",
+    "AlgorithmConfig", "CheckpointConfig", "ClusterConfig", "DataConfig", "DatasetConfig", "DistillConfig", "GRPOConfig", "InputError",
     "LoraConfig", "ModelConfig", "NodePinning", "PlacementConfig", "PreferencePairsConfig", "RMConfig", "Recipe",
     "RecipeError",
     "ReferencePlacement", "RewardFunctionSpec", "RewardPlacement", "RewardsConfig", "RolePlacement", "RolloutConfig",
@@ -76,6 +77,31 @@ class Recipe(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_means_on_policy_distillation(cls, data: Any) -> Any:
+        """A `teacher:` section with no grpo.algorithm named selects on_policy_distill (as before the
+        algorithm registry existed)."""
+        if isinstance(data, dict) and data.get("teacher") is not None and isinstance(data.get("grpo"), dict) \
+                and "algorithm" not in data["grpo"]:
+            return {**data, "grpo": {**data["grpo"], "algorithm": {"name": "on_policy_distill"}}}
+        return data
+
+    @model_validator(mode="after")
+    def _teacher_matches_algorithm(self) -> "Recipe":
+        if self.grpo is None:
+            return self
+        from rl_pipeline.algorithms import resolve
+
+        needs = resolve(self.grpo.algorithm.name).needs_teacher
+        if needs and self.teacher is None:
+            raise ValueError(f"grpo.algorithm.name: {self.grpo.algorithm.name} needs a teacher: section "
+                             "(teacher.model.path: the model whose per-token logprobs teach)")
+        if self.teacher is not None and not needs:
+            raise ValueError(f"teacher: the section is used by on_policy_distill only; grpo.algorithm.name is "
+                             f"{self.grpo.algorithm.name}: remove the teacher section or that name")
+        return self
 
     def require(self, *sections: str, source: str = "recipe") -> None:
         """Fail with the section name when a stage needs a section the recipe lacks."""

@@ -146,6 +146,25 @@ class SFTConfig(Section):
     save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_algorithm_presets(cls, data: Any) -> Any:
+        """The algorithm's presets fill the grpo.* keys the recipe does not write (a written key wins);
+        an unknown algorithm fails here, naming grpo.algorithm.name, before any actor starts."""
+        if not isinstance(data, dict):
+            return data
+        spec = data.get("algorithm") or {}
+        name = spec.get("name", "grpo") if isinstance(spec, dict) else getattr(spec, "name", "grpo")
+        if not isinstance(name, str):
+            return data  # the field's own validation reports the type
+        from rl_pipeline.algorithms import AlgorithmError, resolve
+
+        try:
+            presets = resolve(name).presets
+        except AlgorithmError as exc:
+            raise ValueError(f"algorithm.name: {exc}") from None
+        return {**presets, **data}
+
 
 class RolloutConfig(Section):
     num_engines: int = Field(1, ge=1)
@@ -196,7 +215,19 @@ class RolloutConfig(Section):
     )
 
 
+class AlgorithmConfig(Section):
+    """Which objective GRPO's loop trains with (rl_pipeline/algorithms: registry.py, entries.py)."""
+
+    name: str = Field("grpo", description="grpo, dr_grpo, dapo, gspo, cispo, on_policy_distill (the default with a "
+                                          "teacher: section), or 'module:Class' / 'file.py:Class'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the algorithm's class")
+
+
 class GRPOConfig(Section):
+    algorithm: AlgorithmConfig = Field(
+        default_factory=AlgorithmConfig,
+        description="the objective; its presets (e.g. dapo's eps_high 0.28) fill the grpo.* keys the recipe leaves out",
+    )
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(32, ge=1)
     group_size: int = Field(8, ge=2)
@@ -238,6 +269,25 @@ class GRPOConfig(Section):
     reference_replicas: int = Field(1, ge=1, description="reference-model actors (used when kl_coef > 0)")
     save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_algorithm_presets(cls, data: Any) -> Any:
+        """The algorithm's presets fill the grpo.* keys the recipe does not write (a written key wins);
+        an unknown algorithm fails here, naming grpo.algorithm.name, before any actor starts."""
+        if not isinstance(data, dict):
+            return data
+        spec = data.get("algorithm") or {}
+        name = spec.get("name", "grpo") if isinstance(spec, dict) else getattr(spec, "name", "grpo")
+        if not isinstance(name, str):
+            return data  # the field's own validation reports the type
+        from rl_pipeline.algorithms import AlgorithmError, resolve
+
+        try:
+            presets = resolve(name).presets
+        except AlgorithmError as exc:
+            raise ValueError(f"algorithm.name: {exc}") from None
+        return {**presets, **data}
 
 
 class RewardFunctionSpec(Section):
@@ -380,6 +430,25 @@ class RMConfig(Section):
     log_every: int = Field(1, ge=1)
     save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_algorithm_presets(cls, data: Any) -> Any:
+        """The algorithm's presets fill the grpo.* keys the recipe does not write (a written key wins);
+        an unknown algorithm fails here, naming grpo.algorithm.name, before any actor starts."""
+        if not isinstance(data, dict):
+            return data
+        spec = data.get("algorithm") or {}
+        name = spec.get("name", "grpo") if isinstance(spec, dict) else getattr(spec, "name", "grpo")
+        if not isinstance(name, str):
+            return data  # the field's own validation reports the type
+        from rl_pipeline.algorithms import AlgorithmError, resolve
+
+        try:
+            presets = resolve(name).presets
+        except AlgorithmError as exc:
+            raise ValueError(f"algorithm.name: {exc}") from None
+        return {**presets, **data}
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     input_format: Literal["auto", "chat", "pair"] = Field(

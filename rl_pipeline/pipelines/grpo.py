@@ -19,14 +19,14 @@ from statistics import mean, pstdev
 
 import torch
 
-from rl_pipeline.algorithms.grpo import GRPOLossConfig, flat_groups, group_advantages
+from rl_pipeline.algorithms.grpo import flat_groups
 from rl_pipeline.batch import GRPOBatch, build_batch, merge_batches
 from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
 from rl_pipeline.pipelines.evaluate import evaluate
-from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, check_grpo_inputs
+from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, algorithm_spec, check_grpo_inputs
 from rl_pipeline.pipelines.hybrid_engine import HybridEngine, check_hybrid_engine
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.tracking import Tracker
@@ -55,16 +55,6 @@ def check_sampling(recipe: Recipe) -> None:
     if r.logprobs == "raw" and r.temperature != 1:
         raise InputError(f"rollout.logprobs: raw reports untempered logprobs, but at rollout.temperature "
                          f"{r.temperature} the trainer scores softmax(logits / T); use processed")
-
-
-def loss_config(recipe: Recipe) -> GRPOLossConfig:
-    g = recipe.grpo
-    return GRPOLossConfig(
-        eps_low=g.eps_low, eps_high=g.eps_high, beta=g.kl_coef, kl_estimator=g.kl_estimator,
-        aggregation=g.loss_aggregation, tis_cap=g.tis_cap,
-        # Dr. GRPO's constant: the longest completion, which with tools spans every turn.
-        max_length_norm=recipe.tools.max_total_tokens if recipe.tools else recipe.rollout.max_tokens,
-    )
 
 
 @dataclass
@@ -251,12 +241,12 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
             actors.reference.add_logprobs(batch.samples, recipe.rollout.temperature)
     if actors.teacher is not None:  # on-policy distillation: the teacher's per-token advantages
         with timer("teacher"):
-            metrics.update(_teacher_advantages(actors.teacher, batch, recipe))
+            metrics.update(_teacher_advantages(actors.teacher, batch, inputs.algorithm, recipe.rollout.temperature))
     with timer("train"):
         mini_batches = batch.mini_batches(recipe.trainer.num_ranks, g.mini_batches, recipe.trainer.micro_batch_size,
                                           recipe.trainer.max_tokens_per_micro_batch)
         metrics["train/padding_share"] = _padding_share(mini_batches)
-        metrics.update(actors.policy.grpo_step(mini_batches, loss_config(recipe), step, g.inner_epochs,
+        metrics.update(actors.policy.grpo_step(mini_batches, algorithm_spec(recipe), step, g.inner_epochs,
                                                recipe.rollout.temperature))
     if ahead is not None:
         with timer("rollout_wait"):
@@ -275,7 +265,7 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
     refill cap is reached; metrics describe the first round's rollouts."""
     g, batches, metrics, drawn = recipe.grpo, [], {}, []
     # A teacher teaches on every group, even one whose rewards are all equal: keep them all.
-    drop_flat = g.drop_flat_groups and recipe.teacher is None
+    drop_flat = g.drop_flat_groups and not inputs.algorithm.keeps_flat_groups
     for round_ in range(g.max_refill_rounds + 1):
         prompts = stream.next(g.prompts_per_step)
         with timer("generate"):
@@ -287,10 +277,10 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
                 columns["trajectory"] = [c.for_reward() for c in flat]
             scored = _unscored(len(flat)) if actors.scorer is None else actors.scorer.score(
                 [p.text for p in prompts for _ in range(g.group_size)], [c.text for c in flat], columns)
-        # GRPO's group-relative advantage: each completion's reward against its group's mean
-        # (divided by the group's std when asked); groups with equal rewards teach nothing.
+        # The algorithm's advantages (GRPO's: each completion's reward against its group's mean,
+        # divided by the group's std); groups with equal rewards teach nothing.
         rewards = torch.tensor(scored.total, dtype=torch.float64)
-        advantages = group_advantages(rewards, g.group_size, scale_by_std=g.scale_advantages_by_std)
+        advantages = inputs.algorithm.advantages(rewards, g.group_size)
         keep = (~flat_groups(rewards, g.group_size)).tolist() if drop_flat else None
         batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total, advantages.tolist(),
                                    keep_groups=keep, mask_truncated=g.mask_truncated))
@@ -310,16 +300,16 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
     return merge_batches(batches), metrics
 
 
-def _teacher_advantages(teacher, batch: GRPOBatch, recipe: Recipe) -> dict:
-    """The teacher scores every sampled token at the sampling temperature; each sample's advantage
-    becomes per-token: reward_weight * its group advantage - coef * (log pi_student - log pi_teacher)
-    (algorithms/distill.py). The student's logprob is the sampler's, pi_old of this step."""
-    from rl_pipeline.algorithms.distill import distill_advantages, mean_reverse_kl
+def _teacher_advantages(teacher, batch: GRPOBatch, algorithm, temperature: float) -> dict:
+    """The teacher scores every sampled token at the sampling temperature; the algorithm turns each
+    sample's (uniform) sequence advantage and the two logprobs into per-token advantages
+    (on_policy_distill: algorithms/entries.py). The student's logprob is the sampler's, pi_old of this step."""
+    from rl_pipeline.algorithms.distill import mean_reverse_kl
 
-    t = recipe.teacher
-    teacher.add_logprobs(batch.samples, recipe.rollout.temperature, field="teacher_logprobs")
+    teacher.add_logprobs(batch.samples, temperature, field="teacher_logprobs")
     for s in batch.samples:
-        s.advantage = distill_advantages(s.sampler_logprobs, s.teacher_logprobs, s.advantage, t.coef, t.reward_weight)
+        sequence_advantage = s.advantage[0] if s.advantage else 0.0
+        s.advantage = algorithm.token_advantages(sequence_advantage, s.sampler_logprobs, s.teacher_logprobs)
     trained = [s for s in batch.samples if s.trained]
     return {"distill/reverse_kl": mean_reverse_kl([(s.sampler_logprobs, s.teacher_logprobs, s.loss_mask)
                                                    for s in trained])}
@@ -382,9 +372,8 @@ def _rollout_stats(flat, scored, correct_component: str | None, threshold: float
 
 
 def _batch_stats(batch: GRPOBatch) -> dict:
-    # A distilled sample's advantage is per token: its mean stands for it here.
-    advantages = [(mean(s.advantage) if s.advantage else 0.0) if isinstance(s.advantage, list) else s.advantage
-                  for s in batch.samples] or [0.0]
+    # Advantages are per token: a sample's mean stands for it here.
+    advantages = [mean(s.advantage) if s.advantage else 0.0 for s in batch.samples] or [0.0]
     return {
         "train/groups_dropped": float(batch.groups_dropped),
         "train/groups_total": float(batch.groups_total),

@@ -1,6 +1,7 @@
 """What a GRPO run or `rlp eval` reads, checked before any actor starts: the model source, the
-reward functions and the accuracy component, tools, prompt lengths, the prompts themselves, and
-an on-policy distillation teacher (its model and vocabulary).
+algorithm (built from grpo.algorithm), the reward functions and the accuracy component, tools,
+prompt lengths, the prompts themselves, and an on-policy distillation teacher (its model and
+vocabulary).
 
 Both drivers (`pipelines/grpo.py`, `pipelines/evaluate.py`) import it; it imports neither.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rl_pipeline.algorithms import Algorithm, AlgorithmError, AlgorithmSpec
+from rl_pipeline.algorithms.grpo import GRPOLossConfig
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.prompts import Prompt, load_prompts
 from rl_pipeline.models.loading import check_model_source, check_reward_model_paths, load_tokenizer
@@ -22,6 +25,31 @@ class GRPOInputs:
     train: list[Prompt]
     eval: list[Prompt] | None
     correct_component: str | None  # None: no reward grades correctness (pipelines/accuracy.py), or none at all
+    algorithm: Algorithm | None = None  # the objective, built on the driver (advantages); the ranks build theirs
+
+
+def algorithm_spec(recipe: Recipe) -> AlgorithmSpec:
+    """The objective the recipe names, with the grpo.* loss settings (presets applied by the schema) and
+    the teacher's coef / reward_weight as kwargs of a teacher-driven entry."""
+    g = recipe.grpo
+    settings = GRPOLossConfig(
+        eps_low=g.eps_low, eps_high=g.eps_high, beta=g.kl_coef, kl_estimator=g.kl_estimator,
+        aggregation=g.loss_aggregation, tis_cap=g.tis_cap, scale_advantages_by_std=g.scale_advantages_by_std,
+        # Dr. GRPO's constant: the longest completion, which with tools spans every turn.
+        max_length_norm=recipe.tools.max_total_tokens if recipe.tools else recipe.rollout.max_tokens,
+    )
+    kwargs = dict(g.algorithm.kwargs)
+    if recipe.teacher is not None:
+        kwargs = {"coef": recipe.teacher.coef, "reward_weight": recipe.teacher.reward_weight, **kwargs}
+    return AlgorithmSpec(g.algorithm.name, kwargs, settings)
+
+
+def build_algorithm(recipe: Recipe) -> Algorithm:
+    """The driver's copy of the objective; a bad setting or keyword argument is an InputError here."""
+    try:
+        return algorithm_spec(recipe).build()
+    except (AlgorithmError, ValueError) as exc:
+        raise InputError(f"grpo.algorithm: {exc}") from None
 
 
 def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
@@ -34,8 +62,11 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
     check_lora(recipe.model, recipe.trainer.lora)
+    algorithm = build_algorithm(recipe)
     if recipe.rewards is None:
-        return _check_inputs_without_rewards(recipe)
+        inputs = _check_inputs_without_rewards(recipe)
+        inputs.algorithm = algorithm
+        return inputs
     try:
         validate(recipe.rewards)
     except InputError:
@@ -44,7 +75,9 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
         raise InputError(f"rewards.functions: {exc}") from None
     check_reward_model_paths(recipe.rewards)
     names = component_names(recipe.rewards)
-    return _load_inputs(recipe, correctness_component(recipe.rewards, names, recipe.grpo.accuracy_reward))
+    inputs = _load_inputs(recipe, correctness_component(recipe.rewards, names, recipe.grpo.accuracy_reward))
+    inputs.algorithm = algorithm
+    return inputs
 
 
 def _check_inputs_without_rewards(recipe: Recipe) -> GRPOInputs:

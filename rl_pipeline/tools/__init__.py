@@ -34,11 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from rl_pipeline.plugins import FILE_MODULES  # how a module loaded by path is named
+
 BUILTIN_MODULES = ("rl_pipeline.tools.builtin",)
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _INLINE_ATTR = "_rlp_tool_inline"  # set on a function registered inline=True
-_FILE_MODULES = "rl_pipeline_user_rewards."  # how rewards._import_file names a module loaded by path
 
 # Python annotation -> JSON-schema type; anything else is left untyped ({}).
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
@@ -53,7 +54,7 @@ def register(name: str, inline: bool = False) -> Callable[[Callable[..., Any]], 
     ``inline=True`` runs it on a driver thread, not in a worker process: only for a tool whose
     every call is cheap whatever its arguments (an overrun there cannot be stopped)."""
 
-    from rewards import _qualname  # "module.qualname", as the reward registry names clashes
+    from rl_pipeline.plugins import qualname as _qualname  # as the reward registry names clashes
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         existing = _REGISTRY.get(name)
@@ -84,13 +85,9 @@ def resolve(name_or_path: str) -> Callable[..., Any]:
     if ":" not in name_or_path:
         raise ToolError(f"unknown tool {name_or_path!r}; registered tools are: {', '.join(registered())}. "
                         "Give a registered name, 'package.module:function' or 'path/to/file.py:function'.")
-    # The reward registry's loader of module:function and file.py:function, shared on purpose.
-    from rewards import RewardError, _load_path
+    from rl_pipeline.plugins import load_object
 
-    try:
-        return _load_path(name_or_path)
-    except RewardError as exc:
-        raise ToolError(str(exc).replace("reward ", "tool ", 1)) from None
+    return load_object(name_or_path, "tool", ToolError)
 
 
 def call_name(name_or_path: str) -> str:
@@ -163,7 +160,7 @@ class Tool:
         """``module:function`` or ``file.py:function`` a worker process imports this tool by;
         ToolError when it has none (a nested function, a lambda, a callable object)."""
         qualname, module = getattr(self.fn, "__qualname__", ""), sys.modules.get(getattr(self.fn, "__module__", ""))
-        by_path = module is not None and (module.__name__ == "__main__" or module.__name__.startswith(_FILE_MODULES))
+        by_path = module is not None and (module.__name__ == "__main__" or module.__name__.startswith(FILE_MODULES))
         if (not qualname.isidentifier() or module is None or getattr(module, qualname, None) is not self.fn
                 or (by_path and not getattr(module, "__file__", None))):
             raise ToolError(f"tool {self.name!r} ({self.fn!r}) cannot be imported by a worker process: "

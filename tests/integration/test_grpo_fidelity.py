@@ -4,7 +4,9 @@
   that same distribution, so their logprobs of the sampled tokens equal the engine's within 1e-4
   at T = 0.7 (and a scorer that ignores T is off by far more: asserted too).
 - Sign: after one update with a large learning rate, completions with a positive advantage gain
-  log-probability and those with a negative one lose it.
+  log-probability and those with a negative one lose it, for every built-in policy term (GRPO,
+  GSPO, CISPO) and for a user's objective loaded from a file; the same objective with its sign
+  flipped fails the check (so the check can fail).
 - Mini-batches and the schedule: with grpo.mini_batches 2 the second update sees pi_theta !=
   pi_old, so the clip acts; every update of GRPO step s uses the schedule's lr at s.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rl_pipeline.algorithms import AlgorithmSpec
 from rl_pipeline.algorithms.grpo import GRPOLossConfig
 from rl_pipeline.algorithms.schedule import lr_at
 from rl_pipeline.batch import GRPOBatch, GRPOSample
@@ -109,18 +112,58 @@ def _sequence_logprobs(trainer, prompt_ids, groups) -> torch.Tensor:
     return torch.tensor([sum(s) for s in trainer.score(_rows(prompt_ids, groups), temperature=TEMPERATURE)])
 
 
-def test_one_update_raises_positive_and_lowers_negative_advantage_sequences(engine, trainer, prompt_ids):
-    """A sign-flipped loss (or advantages attached to the wrong rows) fails this; lr 1e-3 makes
-    one Adam step move every sequence's log-probability by far more than float noise."""
-    groups = _sample(engine, trainer, prompt_ids, n=2, seed=23)
+# A user's objective as a user writes it: a file with a subclass of Algorithm (REINFORCE with the
+# group baseline: -A * log pi per token, no ratio, no clip). SIGN = -1 is the broken variant.
+USER_OBJECTIVE = """
+import torch
+from rl_pipeline.algorithms import Algorithm
+
+SIGN = {sign}
+
+
+class Reinforce(Algorithm):
+    def token_loss(self, log_ratio, advantages, mask):
+        no_clip = torch.zeros_like(mask)
+        return -SIGN * advantages * log_ratio, no_clip, no_clip
+"""
+
+
+def _user_objective(tmp_path, sign: int) -> AlgorithmSpec:
+    path = tmp_path / f"my_objective_{'flipped' if sign < 0 else 'ok'}.py"
+    path.write_text(USER_OBJECTIVE.format(sign=sign))
+    return AlgorithmSpec(name=f"{path}:Reinforce")
+
+
+def _one_update_change(engine, trainer, prompt_ids, algorithm: AlgorithmSpec, seed: int) -> torch.Tensor:
+    """Per-sequence change of log-probability after one update, advantages +1, -1 within each prompt."""
+    groups = _sample(engine, trainer, prompt_ids, n=2, seed=seed)
     advantages = [1.0, -1.0] * len(prompt_ids)  # within each prompt: first sample +, second -
     batch = _batch(prompt_ids, groups, advantages)
     before = _sequence_logprobs(trainer, prompt_ids, groups)
-    trainer.grpo_step(batch.mini_batches(1, 1, 8), GRPOLossConfig(), step=0, temperature=TEMPERATURE)
-    change = _sequence_logprobs(trainer, prompt_ids, groups) - before
+    trainer.grpo_step(batch.mini_batches(1, 1, 8), algorithm, step=0, temperature=TEMPERATURE)
+    return _sequence_logprobs(trainer, prompt_ids, groups) - before
+
+
+def _moves_each_sequence_the_advantages_way(change: torch.Tensor) -> bool:
     positive, negative = change[0::2], change[1::2]
-    assert positive.mean() > 0.05 and negative.mean() < -0.05, change.tolist()
-    assert (positive > 0).float().mean() >= 0.75 and (negative < 0).float().mean() >= 0.75, change.tolist()
+    return bool(positive.mean() > 0.05 and negative.mean() < -0.05
+                and (positive > 0).float().mean() >= 0.75 and (negative < 0).float().mean() >= 0.75)
+
+
+@pytest.mark.parametrize("name", ["grpo", "gspo", "cispo", "user file"])
+def test_one_update_raises_positive_and_lowers_negative_advantage_sequences(engine, trainer, prompt_ids, name,
+                                                                            tmp_path):
+    """A sign-flipped loss (or advantages attached to the wrong rows) fails this; lr 1e-3 makes
+    one Adam step move every sequence's log-probability by far more than float noise."""
+    algorithm = _user_objective(tmp_path, +1) if name == "user file" else AlgorithmSpec(name=name)
+    change = _one_update_change(engine, trainer, prompt_ids, algorithm, seed=23)
+    assert _moves_each_sequence_the_advantages_way(change), change.tolist()
+
+
+def test_a_sign_flipped_user_objective_fails_the_sign_check(engine, trainer, prompt_ids, tmp_path):
+    change = _one_update_change(engine, trainer, prompt_ids, _user_objective(tmp_path, -1), seed=29)
+    assert not _moves_each_sequence_the_advantages_way(change), change.tolist()
+    assert change[0::2].mean() < 0 < change[1::2].mean()  # it learned the opposite way
 
 
 def test_mini_batches_make_the_clip_act_and_every_update_uses_the_steps_lr(engine, trainer, prompt_ids):
@@ -130,8 +173,9 @@ def test_mini_batches_make_the_clip_act_and_every_update_uses_the_steps_lr(engin
     groups = _sample(engine, trainer, prompt_ids, n=2, seed=37)
     batch = _batch(prompt_ids, groups, [1.0, -1.0] * len(prompt_ids))
     last = TOTAL_STEPS - 1
-    metrics = trainer.grpo_step(batch.mini_batches(1, 2, 4), GRPOLossConfig(eps_low=0.05, eps_high=0.05),
-                                step=last, inner_epochs=2, temperature=TEMPERATURE)
+    algorithm = AlgorithmSpec(settings=GRPOLossConfig(eps_low=0.05, eps_high=0.05))
+    metrics = trainer.grpo_step(batch.mini_batches(1, 2, 4), algorithm, step=last, inner_epochs=2,
+                                temperature=TEMPERATURE)
     expected_lr = lr_at(last, TRAINER.lr, TRAINER.min_lr, TRAINER.warmup_steps, TOTAL_STEPS, TRAINER.schedule)
     assert expected_lr > 0 and metrics["policy/lr"] == pytest.approx(expected_lr)
     assert metrics["policy/clip_frac"] > 0, metrics

@@ -18,7 +18,8 @@ def make_rows(lengths: list[int], prompt_len: int = 4, seed: int = 0) -> list[di
     rows = []
     for i, completion in enumerate(lengths):
         ids = [rng.randrange(20, 100) for _ in range(prompt_len + completion)]
-        rows.append({"input_ids": ids, "prompt_len": prompt_len, "advantage": rng.uniform(-1, 1), "trained": True,
+        rows.append({"input_ids": ids, "prompt_len": prompt_len, "advantage": [rng.uniform(-1, 1)] * completion,
+                     "trained": True,
                      "sampler_logprobs": [-1.0] * completion, "ref_logprobs": None, "id": i})
     return rows
 

@@ -40,13 +40,13 @@ class TrainerGroup:
             "tokens": sum(r["tokens"] for r in results),
         }
 
-    def grpo_step(self, mini_batches: list, loss_cfg, step: int, inner_epochs: int = 1,
+    def grpo_step(self, mini_batches: list, algorithm, step: int, inner_epochs: int = 1,
                   temperature: float = 1.0) -> dict:
         """GRPO step `step`: mu epochs of one optimiser step per mini-batch; mini_batches[k] =
         (shards[rank][micro_batch], that mini-batch's global LossNormaliser), as
-        GRPOBatch.mini_batches builds them. Metric shares summed over ranks (global values)."""
+        GRPOBatch.mini_batches builds them; `algorithm` an AlgorithmSpec. Metric shares summed over ranks."""
         per_rank = self.group.call_each("grpo_step", [
-            ([(shards[rank], (norm.tokens, norm.sequences)) for shards, norm in mini_batches], loss_cfg, step,
+            ([(shards[rank], (norm.tokens, norm.sequences)) for shards, norm in mini_batches], algorithm, step,
              inner_epochs, temperature)
             for rank in range(len(self.group))
         ])

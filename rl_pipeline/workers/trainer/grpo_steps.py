@@ -14,11 +14,12 @@ from rl_pipeline.workers.trainer.engine import collate
 class GRPOSteps:
     """TrainerWorker mixin (needs TrainerEngine's engine, tokenizer, _accumulate and _set_lr)."""
 
-    def grpo_step(self, mini_batches: list[tuple[list[list[dict]], tuple[float, float]]], loss_cfg, step: int,
+    def grpo_step(self, mini_batches: list[tuple[list[list[dict]], tuple[float, float]]], algorithm, step: int,
                   inner_epochs: int = 1, temperature: float = 1.0) -> dict:
         """GRPO step `step` over this rank's share of the batch: `inner_epochs` (mu) epochs, each
         one optimiser step per mini-batch. mini_batches[k] = (this rank's micro-batches of
-        mini-batch k, its global (tokens, sequences) normaliser over all ranks).
+        mini-batch k, its global (tokens, sequences) normaliser over all ranks). `algorithm` is an
+        AlgorithmSpec (rl_pipeline/algorithms/registry.py): the objective, built here once.
 
         Every update of the step uses the schedule's lr at `step`. pi_old is the policy before the
         first update: with one update it is the current forward (ratio 1, the gradient of the
@@ -30,6 +31,7 @@ class GRPOSteps:
         from rl_pipeline.batch import collate_grpo
 
         self.temperature = temperature
+        objective = self._objective(algorithm)
         lr = self._set_lr(step)
         pad = self.tokenizer.pad_token_id
         batches = [([collate_grpo(rows, pad, self.engine.device) for rows in micro], LossNormaliser(*norm))
@@ -46,10 +48,18 @@ class GRPOSteps:
         for epoch in range(inner_epochs):
             for micro, norm in batches:
                 check = gap if epoch == 0 else None
-                self._accumulate(micro, lambda b, n=norm, c=check: self._grpo_micro_loss(b, n, loss_cfg, shares, c))
+                self._accumulate(micro, lambda b, n=norm, c=check: self._grpo_micro_loss(b, n, objective, shares, c))
         updates = inner_epochs * len(batches)
         return {"shares": {k: v / updates for k, v in shares.items()}, "grad_norm": self._grad_norm(), "lr": lr,
                 **gap.result()}
+
+    def _objective(self, spec):
+        """The spec's algorithm object, built on this rank (a user's file is imported here too) and
+        kept while the driver sends the same spec."""
+        if getattr(self, "_objective_spec", None) == spec:
+            return self._objective_built
+        self._objective_spec, self._objective_built = spec, spec.build()
+        return self._objective_built
 
     def _logprobs(self, batch: dict, with_entropy: bool = False):
         """Completion-token logprobs (and entropies) of a collated GRPO micro-batch at self.temperature."""
@@ -58,16 +68,14 @@ class GRPOSteps:
         return sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"], with_entropy,
                                  temperature=self.temperature, positions=batch["mask"])
 
-    def _grpo_micro_loss(self, batch: dict, norm, loss_cfg, shares: dict, sync_check) -> torch.Tensor:
-        from rl_pipeline.algorithms.grpo import grpo_policy_loss
-
+    def _grpo_micro_loss(self, batch: dict, norm, objective, shares: dict, sync_check) -> torch.Tensor:
         logp, entropy = self._logprobs(batch, with_entropy=True)
         old = batch.get("old_logp", logp.detach())
         if sync_check is not None:
             sync_check.add(old, batch["sampler_logp"], batch["mask"])
-        loss, metrics = grpo_policy_loss(
-            logp, old, batch["advantages"], batch["mask"], normaliser=norm, config=loss_cfg,
-            ref_logp=batch["ref_logp"], sampler_logp=batch["sampler_logp"] if loss_cfg.tis_cap else None,
+        loss, metrics = objective.loss(
+            logp, old, batch["advantages"], batch["mask"], normaliser=norm, ref_logp=batch["ref_logp"],
+            sampler_logp=batch["sampler_logp"] if objective.needs_sampler_logprobs else None,
         )
         metrics["policy/entropy"] = (entropy * batch["mask"]).sum() / max(norm.tokens, 1.0)
         for key, value in metrics.items():
