@@ -31,6 +31,7 @@ class GRPOSample:
     ref_logprobs: list[float] | None = None
     teacher_logprobs: list[float] | None = None  # on-policy distillation: the teacher's, at the sampling T
     loss_mask: list[int] | None = None  # per completion id: 0 = not sampled (a tool result); None = all 1
+    policy_version: int = 0  # the policy version that sampled it (rl_pipeline/policy)
 
     def __post_init__(self) -> None:
         if not isinstance(self.advantage, list):  # a sequence's advantage holds for each of its tokens
@@ -138,7 +139,7 @@ def build_batch(
                 sampler_logprobs=list(completion.logprobs), advantage=float(advantages[i]),
                 reward=float(rewards[i]), group=b, truncated=completion.truncated,
                 trained=not (mask_truncated and completion.truncated),
-                loss_mask=getattr(completion, "loss_mask", None),
+                loss_mask=getattr(completion, "loss_mask", None), policy_version=completion.policy_version,
             ))
     return GRPOBatch(samples, groups_total=len(completions), groups_dropped=keep.count(False))
 

@@ -27,8 +27,8 @@ from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
 from rl_pipeline.pipelines.evaluate import evaluate
 from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, algorithm_spec, check_grpo_inputs
-from rl_pipeline.pipelines.hybrid_engine import HybridEngine, check_hybrid_engine
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
+from rl_pipeline.policy import Policy, check_hybrid_engine
 from rl_pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,17 @@ def check_sampling(recipe: Recipe) -> None:
 
 @dataclass
 class _Actors:
-    policy: object
-    engines: object
-    scorer: object
-    reference: object | None
-    sync: object
-    sampler: object | None = None  # multi-turn rollouts over `engines` when the recipe has tools
-    hybrid: HybridEngine | None = None  # hand-overs of shared GPUs; with it off, only the weight push
+    """Every role of a GRPO run; `policy` owns the trainer ranks and the engines (rl_pipeline/policy)."""
+
+    policy: Policy | None = None
+    scorer: object | None = None  # workers/reward.RewardService; None: pure on-policy distillation
+    reference: object | None = None  # workers/reference.ReferenceGroup, when the KL term is on
     teacher: object | None = None  # on-policy distillation: a ReferenceGroup holding the teacher
+    sampler: object | None = None  # multi-turn rollouts over the engines when the recipe has tools
+
+    @property
+    def engines(self):
+        return self.policy.engines
 
     def shutdown(self) -> None:
         from rl_pipeline import interrupt
@@ -74,7 +77,7 @@ class _Actors:
         if self.scorer is not None:  # after a Ctrl-C, no polite close that waits for the batch it scores
             with contextlib.suppress(Exception):
                 self.scorer.shutdown(wait_s=0.0 if interrupt.requested() else 10.0)
-        for part in (self.sampler, self.engines, self.reference, self.teacher, self.policy):
+        for part in (self.sampler, self.reference, self.teacher, self.policy):
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.shutdown()
@@ -85,56 +88,33 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     nodes and write them to `run_dir/placement.json`."""
     from rl_pipeline.cluster import plan_grpo, record_placement
     from rl_pipeline.memory_plan import plan_memory
-    from rl_pipeline.models.lora import push_mode
-    from rl_pipeline.weight_sync import WeightSync
     from rl_pipeline.workers.reference import ReferenceGroup
     from rl_pipeline.workers.reward import RewardService
-    from rl_pipeline.workers.rollout import RolloutGroup
-    from rl_pipeline.workers.trainer import TrainerGroup, TrainerSpec
 
-    hybrid_on = plan_memory(recipe, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
+    hybrid = plan_memory(recipe, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
     plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts
-    lora = recipe.trainer.lora
-    adapter_push = lora is not None and push_mode(lora) == "adapter"
-    # Engines serving adapters keep their base across a sleep (level 1): only adapters are pushed.
-    sleep_level = 1 if adapter_push else recipe.rollout.sleep_level
-    started = []
+    actors = _Actors()
     try:
-        started.append(RolloutGroup.start(recipe.model.path, recipe.rollout, recipe.grpo.seed, placement=plan.rollout,
-                                          lora_rank=lora.rank if adapter_push else None))
-        hybrid = HybridEngine(None, started[0], None, sleep_level, enabled=hybrid_on)
-        hybrid.engines_sleep_for_startup()  # the trainer's start-up needs the card the engines just took
-        started.append(None if recipe.rewards is None else RewardService.start(recipe.rewards, placement=plan.reward))
-        started.append(None if plan.reference is None else ReferenceGroup.start(
-            recipe.model, recipe.grpo.reference_replicas, device=recipe.trainer.device, placement=plan.reference))
-        spec = TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed, schedule_unit="grpo_step")
-        started.append(TrainerGroup.start(spec, placement=plan.trainer))
-        started.append(None if plan.teacher is None else ReferenceGroup.start(
-            recipe.teacher.model, recipe.teacher.replicas, device=recipe.trainer.device, placement=plan.teacher,
-            role="teacher"))
-        engines, scorer, reference, policy, teacher = started
-        if lora is not None and recipe.grpo.kl_coef > 0:
+        actors.policy = Policy.start(recipe, plan, total_steps, hybrid)
+        if recipe.rewards is not None:
+            actors.scorer = RewardService.start(recipe.rewards, placement=plan.reward)
+        if plan.reference is not None:
+            actors.reference = ReferenceGroup.start(recipe.model, recipe.grpo.reference_replicas,
+                                                    device=recipe.trainer.device, placement=plan.reference)
+        elif recipe.trainer.lora is not None and recipe.grpo.kl_coef > 0:
             # The reference is the base with the adapters off, on the trainer ranks (no actor of its own).
-            reference = ReferenceGroup(policy.group, method="base_logprobs", owns_actors=False)
-        record_placement(run_dir, {"trainer": policy.group, "rollout": engines.group,
-                                   "reward": scorer.actor if scorer else None,
-                                   "reference": reference.group if reference else None,
-                                   "teacher": teacher.group if teacher else None})
+            actors.reference = ReferenceGroup(actors.policy.trainer.group, method="base_logprobs", owns_actors=False)
+        if plan.teacher is not None:
+            actors.teacher = ReferenceGroup.start(recipe.teacher.model, recipe.teacher.replicas,
+                                                  device=recipe.trainer.device, placement=plan.teacher, role="teacher")
+        record_placement(run_dir, {"trainer": actors.policy.trainer.group, "rollout": actors.engines.group,
+                                   "reward": actors.scorer.actor if actors.scorer else None,
+                                   "reference": actors.reference.group if actors.reference else None,
+                                   "teacher": actors.teacher.group if actors.teacher else None})
     except BaseException:
-        parts = started + [None] * (5 - len(started))
-        _Actors(*parts[:4], sync=None, teacher=parts[4]).shutdown()
+        actors.shutdown()
         raise
-    sync = WeightSync(adapter_only=adapter_push)
-    if lora is not None:
-        log.info("LoRA rank %d on %s: %s", lora.rank, ", ".join(lora.target_modules),
-                 "engines serve base + adapter; each push sends the adapter only" if adapter_push
-                 else "engines get the merged full weights on each push (trainer.lora.push: merged)")
-    hybrid.policy, hybrid.sync = policy, sync
-    engines.on_replace = hybrid.refresh_replaced
-    if hybrid_on:
-        log.info("hybrid engine: engines sleep (level %d) while the trainer trains; trainer states in CPU memory "
-                 "while the engines generate", recipe.rollout.sleep_level)
-    return _Actors(policy, engines, scorer, reference, sync, hybrid=hybrid, teacher=teacher)
+    return actors
 
 
 def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False) -> GRPOResult:
@@ -159,18 +139,16 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
 
                 actors.sampler = MultiTurnRollout(actors.engines, inputs.tokenizer, recipe.tools)
             if resumed:
-                with actors.hybrid.trainer_resident(push_after=False):
-                    actors.policy.load_state(str(resumed.checkpoint))
+                actors.policy.load_state(str(resumed.checkpoint), version=start)
                 log.info("resumed from %s at step %d", resumed.checkpoint, start)
-            if resumed or actors.hybrid.enabled:  # the engines hold other weights (or none, asleep)
-                actors.hybrid.hand_to_engines()
+            if resumed or actors.policy.shares_gpus:  # the engines hold other weights (or none, asleep)
+                actors.policy.push()
             if not resumed and recipe.grpo.eval_every and inputs.eval:
                 tracker.log(0, _evaluate(recipe, inputs, actors, 0))  # the starting policy
             final_eval = _loop(recipe, inputs, actors, stream, run, tracker, start)
             if inputs.eval and not final_eval:  # the last step did not evaluate
                 final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps)
-            with actors.hybrid.trainer_resident(push_after=False):
-                actors.policy.save_hf(str(run.final_model))
+            actors.policy.save_hf(run.final_model)
         finally:
             tracker.close()
             actors.shutdown()
@@ -202,8 +180,7 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                 tracker.log(done, metrics)
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
-                    with actors.hybrid.trainer_resident():
-                        run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
+                    run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
                 progress.advance(**_progress_info(metrics))
     finally:
         if ahead is not None:
@@ -235,7 +212,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         return {**metrics, **timer.metrics()}
     if ahead is not None and step + 1 < g.steps:
         ahead.start(step + 1, stream.position)
-    actors.hybrid.hand_to_trainer(timer, metrics)
+    actors.policy.hand_to_trainer(timer, metrics)
     if actors.reference is not None:
         with timer("reference"):
             actors.reference.add_logprobs(batch.samples, recipe.rollout.temperature)
@@ -246,12 +223,14 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         mini_batches = batch.mini_batches(recipe.trainer.num_ranks, g.mini_batches, recipe.trainer.micro_batch_size,
                                           recipe.trainer.max_tokens_per_micro_batch)
         metrics["train/padding_share"] = _padding_share(mini_batches)
-        metrics.update(actors.policy.grpo_step(mini_batches, algorithm_spec(recipe), step, g.inner_epochs,
-                                               recipe.rollout.temperature))
+        metrics["rollout/policy_version_lag"] = float(actors.policy.version - min(s.policy_version
+                                                                                   for s in batch.samples))
+        metrics.update(actors.policy.train(mini_batches, algorithm_spec(recipe), step, g.inner_epochs,
+                                           recipe.rollout.temperature))
     if ahead is not None:
         with timer("rollout_wait"):
             ahead.wait()
-    metrics.update(actors.hybrid.hand_to_engines(timer, metrics))  # the weight push, timed as time/sync
+    metrics.update(actors.policy.push(timer, metrics))  # the weight push, timed as time/sync
     metrics["train/skipped"] = 0.0
     timings = timer.metrics()
     trained_tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.samples)

@@ -156,6 +156,9 @@ class MultiTurnRollout:
         traj.token_ids += sampled
         traj.logprobs += list(out.logprobs[: len(sampled)])
         traj.loss_mask += [1] * len(sampled)
+        # The oldest policy that sampled any turn (one version per step while pushes wait for the
+        # engines to drain).
+        traj.policy_version = out.policy_version if traj.turns == 0 else min(traj.policy_version, out.policy_version)
         traj.turns += 1
         traj.text = text
         traj.messages.append({"role": "assistant", "content": text})

@@ -51,6 +51,7 @@ class Completion:
     text: str
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (hit max_tokens)
     truncated: bool  # finish_reason == "length"
+    policy_version: int = 0  # the policy version the engine held when it sampled every token (policy/)
 
 
 def engine_env(cfg: RolloutConfig, device: str) -> dict[str, str]:
@@ -174,6 +175,11 @@ class RolloutEngine:
         self.llm.generate([TokensPrompt(prompt_token_ids=[0, 1])], SamplingParams(max_tokens=2), use_tqdm=False)
         self.start_s = time.perf_counter() - start
         self.seed_requests = seeds_requests(cfg, self.device)
+        self.policy_version = 0  # the model's own weights; the policy sets it after each push
+
+    def set_policy_version(self, version: int) -> None:
+        """The weights just pushed are the policy's `version`: stamped on everything sampled from now on."""
+        self.policy_version = version
 
     def info(self) -> dict[str, Any]:
         """Where the engine runs and how long vLLM took to start (also a readiness probe)."""
@@ -208,7 +214,7 @@ class RolloutEngine:
             per_prompt = [params(seed) for seed in seeds for _ in range(copies)]
         lora = self.adapters.request if self.adapters is not None else None
         outputs = self.llm.generate(prompts, per_prompt, use_tqdm=False, lora_request=lora)
-        flat = [_completion(out) for request in outputs for out in request.outputs]
+        flat = [_completion(out, self.policy_version) for request in outputs for out in request.outputs]
         return [flat[i * n : (i + 1) * n] for i in range(len(prompt_token_ids))]
 
     def load_weights(self, blob: bytes) -> dict[str, float]:
@@ -273,38 +279,40 @@ class RolloutEngine:
         return {"device_used_gib": self.llm.collective_rpc("rlp_device_used_gib")[0]}
 
 
-def _completion(out) -> Completion:
+def _completion(out, policy_version: int) -> Completion:
     """A vLLM CompletionOutput as plain data; logprobs holds the sampled token's entry per step."""
     token_ids = list(out.token_ids)
     logprobs = [step[token].logprob for token, step in zip(token_ids, out.logprobs)]
     reason = out.finish_reason or "length"
-    return Completion(token_ids, logprobs, out.text, reason, reason == "length")
+    return Completion(token_ids, logprobs, out.text, reason, reason == "length", policy_version)
 
 
 class RolloutGroup:
-    """`num_engines` vLLM engines on one placement group, used as one sampler by the driver."""
+    """`num_engines` vLLM engines on one placement group, used as one sampler by the driver.
+
+    It generates and restarts: a dead engine is replaced in its bundle, and `restore(index)` (given
+    at start by whoever owns the weights, rl_pipeline/policy) brings the replacement to the current
+    weights before it gets work again; without one it serves the model's initial weights."""
 
     def __init__(self, group: ActorGroup, model_path: str, cfg: RolloutConfig, seed: int,
-                 lora_rank: int | None = None) -> None:
+                 lora_rank: int | None = None, restore: Callable[[int], str] | None = None) -> None:
         self.group = group
         self.model_path = model_path
         self.cfg = cfg
         self.seed = seed
         self.lora_rank = lora_rank
+        self.restore = restore
         self.restarts = 0
-        self.weights_ref: ray.ObjectRef | None = None  # the latest weights, for replacements
-        self.adapter: tuple[ray.ObjectRef, int] | None = None  # the latest LoRA adapter and its id
-        # GPU weights never pass through the object store: the driver sets this to give every
-        # engine the trainer's current weights after a replacement (HybridEngine.refresh_replaced).
-        self.on_replace: Callable[[int], None] | None = None
         self.infos: list[dict[str, Any]] = []
 
     @classmethod
     def start(cls, model_path: str, cfg: RolloutConfig, seed: int = 0, strategy: str = "PACK",
-              placement: Placement | None = None, lora_rank: int | None = None) -> "RolloutGroup":
+              placement: Placement | None = None, lora_rank: int | None = None,
+              restore: Callable[[int], str] | None = None) -> "RolloutGroup":
         """Start the engines and wait until every one has loaded the model. `placement` (from
         rl_pipeline.cluster) overrides strategy and the per-engine resources; `lora_rank` makes
-        the engines serve LoRA adapters of that rank (`load_adapter`)."""
+        the engines serve LoRA adapters of that rank (`load_adapter`); `restore(index)` brings a
+        replaced engine to the current weights and says what it did."""
         if placement is None:
             gpus = cfg.gpus_per_engine
             if gpus is None:
@@ -319,7 +327,7 @@ class RolloutGroup:
             init_args=[(model_path, cfg, seed + i, lora_rank) for i in range(cfg.num_engines)],
             max_restarts=0,  # the group replaces dead engines itself, with the latest weights
         )
-        group = cls(actor_group, model_path, cfg, seed, lora_rank)
+        group = cls(actor_group, model_path, cfg, seed, lora_rank, restore)
         try:
             group.infos = ray.get([actor.info.remote() for actor in actor_group.actors])
         except Exception:
@@ -384,20 +392,18 @@ class RolloutGroup:
         """
         if not isinstance(weights_ref, ray.ObjectRef):
             raise TypeError(f"load_weights takes a ray.ObjectRef of torch.save bytes, got {type(weights_ref).__name__}")
-        self.weights_ref = weights_ref
         return self._load_on_every_engine("load_weights", weights_ref)
 
     def load_adapter(self, adapter_ref: ray.ObjectRef, version: int) -> dict[str, float]:
         """LoRA push: every engine serves the adapter behind `adapter_ref` under LoRA id `version`
         from now on. Returns sync/seconds (until all engines have it loaded) and sync/bytes."""
-        self.adapter = (adapter_ref, version)
         return self._load_on_every_engine("load_adapter", adapter_ref, version)
 
     def _load_on_every_engine(self, method: str, *args) -> dict[str, float]:
         """Every engine runs `method(*args)` (load_weights, load_adapter). Returns sync/seconds
         (until all engines hold it), sync/bytes (one copy) and the slowest engine's reload time.
-        A replacement started meanwhile loads the latest weights or adapter as it starts
-        (`_replace`), so its share is not sent again and its result stands in."""
+        A replacement started meanwhile is brought to the current weights by `restore`
+        (`_replace`), so its share is not sent again."""
         start = time.perf_counter()
         results = self._gather(
             {i: (lambda i: getattr(self.engines[i], method).remote(*args)) for i in range(len(self.engines))},
@@ -411,7 +417,12 @@ class RolloutGroup:
             "sync/engine_reload_s_max": max((r["reload_s"] for r in loaded), default=0.0),
         }
 
-    # ---- hybrid engine (pipelines/hybrid_engine.py) --------------------------------------------
+    def set_policy_version(self, version: int, indices: list[int] | None = None) -> None:
+        """The engines (all, or `indices`) now hold policy `version`; they stamp it on what they sample."""
+        targets = range(len(self.engines)) if indices is None else indices
+        ray.get([self.engines[i].set_policy_version.remote(version) for i in targets])
+
+    # ---- hybrid engine (rl_pipeline/policy/handover.py) ------------------------------------------
     def sleep(self, level: int) -> dict[str, float]:
         """Every engine sleeps; the slowest engine's seconds, engine 0's memory after."""
         return merge_switches(ray.get([e.sleep.remote(level) for e in self.engines]))
@@ -453,7 +464,7 @@ class RolloutGroup:
         return results
 
     def _replace(self, index: int, reason: str) -> None:
-        """Start a new engine in bundle `index`, load the latest weights into it, count it."""
+        """Start a new engine in bundle `index`, have `restore` bring it to the current weights, count it."""
         self.restarts += 1
         log.warning(
             "rollout: engine %d died (%s); starting a replacement in the same bundle (restart #%d)",
@@ -463,16 +474,7 @@ class RolloutGroup:
         seed = self.seed + index + 1000 * self.restarts  # a fresh sampling stream
         actor = self.group.restart(index, (self.model_path, self.cfg, seed, self.lora_rank))
         self.infos[index] = ray.get(actor.info.remote())
-        current = "initial weights"
-        if self.adapter is not None:  # LoRA: the base is model_path; only the adapter is new
-            ray.get(actor.load_adapter.remote(*self.adapter))
-            current = "latest adapter loaded"
-        elif self.weights_ref is not None:
-            ray.get(actor.load_weights.remote(self.weights_ref))
-            current = "latest weights loaded"
-        elif self.on_replace is not None:
-            self.on_replace(index)
-            current = "the trainer's current weights pushed"
+        current = self.restore(index) if self.restore is not None else "the model's initial weights"
         log.warning(
             "rollout: replacement engine %d ready in %.1fs (vLLM start %.1fs), %s",
             index, time.perf_counter() - begin, self.infos[index]["start_s"], current,

@@ -221,13 +221,14 @@ def test_a_replaced_engine_rejoins_the_nccl_group_with_the_current_weights(gpu_r
     current weights over a rebuilt NCCL group, and the next push neither hangs nor is stale."""
     import ray
 
-    from rl_pipeline.pipelines.hybrid_engine import HybridEngine
+    from rl_pipeline.policy import HybridEngine
     from rl_pipeline.weight_sync import logprob_gap
 
     trainer, engines = start(small_model, 1.0)
     try:
         sync, ids = check_sync(trainer, engines, "separated")
-        engines.on_replace = HybridEngine(trainer, engines, sync, enabled=False).refresh_replaced
+        handover = HybridEngine(trainer, engines, sync, enabled=False)  # the policy's part in a replacement
+        engines.restore = lambda index: (handover.push_to_replaced(), "current weights pushed")[1]
         change_weights(trainer, ids)
         ray.kill(engines.engines[0])
         rejoined = logprob_gap(trainer, engines, ids, seed=5)  # generate replaces the dead engine first

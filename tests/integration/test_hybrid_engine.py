@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-import rl_pipeline.pipelines.grpo as grpo_driver
+import rl_pipeline.policy.policy as policy_module
 from rl_pipeline.config import parse_recipe
 from rl_pipeline.pipelines.grpo import train_grpo
 from rl_pipeline.tracking import read_metrics
@@ -23,12 +23,12 @@ HAND_TO_ENGINES = ["trainer.offload_training_states", "engines.wake_weights", "p
 def test_colocated_steps_hand_the_card_over_in_order(ray_local, partly_trained_model, task_dir, tmp_path, monkeypatch):
     schedules = []
 
-    class RecordedHybridEngine(grpo_driver.HybridEngine):  # the real schedule, kept for inspection
+    class RecordedHybridEngine(policy_module.HybridEngine):  # the real schedule, kept for inspection
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             schedules.append(self)
 
-    monkeypatch.setattr(grpo_driver, "HybridEngine", RecordedHybridEngine)
+    monkeypatch.setattr(policy_module, "HybridEngine", RecordedHybridEngine)
     raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=2, save_every=1)
     raw["cluster"] = {"colocate": True, "hybrid_engine": True}
     result = train_grpo(parse_recipe(raw), run_dir=tmp_path / "run")
@@ -58,7 +58,7 @@ def test_colocated_steps_hand_the_card_over_in_order(ray_local, partly_trained_m
 
 def test_recipe_refuses_hybrid_engine_without_colocation_or_with_overlap(partly_trained_model, task_dir, tmp_path):
     from rl_pipeline.config import RecipeError
-    from rl_pipeline.pipelines.hybrid_engine import check_hybrid_engine
+    from rl_pipeline.policy import check_hybrid_engine
 
     raw = grpo_recipe(partly_trained_model, task_dir, tmp_path)
     raw["cluster"] = {"hybrid_engine": True}

@@ -133,7 +133,6 @@ def test_weight_sync_push_moves_trainer_weights_to_engines(rollout, prompt_ids, 
     assert max_logprob_gap(rollout.generate(prompt_ids, n=2, seed=3), prompt_ids, a) < 1e-4
     # And back to B, through the same interface, for the fault test that follows.
     sync.push(StubTrainer(b), rollout)
-    assert rollout.weights_ref is not None
     assert max_logprob_gap(rollout.generate(prompt_ids, n=2, seed=4), prompt_ids, b) < 1e-4
 
 
@@ -141,15 +140,25 @@ def test_killed_engine_is_replaced_with_the_synced_weights(rollout, prompt_ids, 
     """Deliberate fault: ray.kill engine 1 (its vLLM engine runs in-process, so it dies with it).
 
     What must survive: the next generate returns every prompt's n completions, the group counts
-    one restart and logs a WARNING, and the replacement samples from weights B, the last sync,
-    not from the model folder it started from (weights A).
+    one restart and logs a WARNING, and calls its `restore` before the replacement gets its share
+    again, so it samples from weights B, the last sync, not from the model folder it started from
+    (weights A). The test plays the policy's part (rl_pipeline/policy: Policy.restore_engine):
+    its restore pushes B again.
     """
     a, b = models
+    restored = []
+
+    def restore(index: int) -> str:
+        restored.append(index)
+        WeightSync().push(StubTrainer(b), rollout)
+        return "weights B pushed again"
+
+    rollout.restore = restore
     old_pid = rollout.infos[1]["pid"]
     ray.kill(rollout.engines[1], no_restart=True)
     with caplog.at_level("WARNING", logger="rl_pipeline.workers.rollout"):
         results = rollout.generate(prompt_ids, n=2, seed=5)
-    assert rollout.restarts == 1
+    assert rollout.restarts == 1 and restored == [1]
     assert rollout.infos[1]["pid"] != old_pid
     assert any("engine 1 died" in r.getMessage() for r in caplog.records)
     assert [len(r) for r in results] == [2] * len(prompt_ids)

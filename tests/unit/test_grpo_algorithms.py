@@ -82,7 +82,8 @@ def test_mask_truncated_drops_truncated_from_loss_mask_and_normaliser():
     from rl_pipeline.batch import build_batch, collate_grpo
 
     def completion(n_tokens, truncated):
-        return SimpleNamespace(token_ids=[5] * n_tokens, logprobs=[-1.0] * n_tokens, truncated=truncated)
+        return SimpleNamespace(token_ids=[5] * n_tokens, logprobs=[-1.0] * n_tokens, truncated=truncated,
+                               policy_version=0)
 
     # one group of 3: completions of 2, 3 (truncated) and 1 tokens; rewards not flat
     rewards = [1.0, 0.0, 0.5]

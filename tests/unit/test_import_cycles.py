@@ -1,4 +1,5 @@
-"""The packages depend one way: no import cycle among the modules of rl_pipeline/ and rewards/.
+"""The packages depend one way: no import cycle among the modules of rl_pipeline/ and rewards/,
+and every import between rooms (a top-level module or package) points down the floors below.
 
 The graph is read from the source (the AST), not by importing, so it sees every import
 statement wherever it stands. Imports inside functions count: a lazy import breaks a cycle at
@@ -145,3 +146,56 @@ def test_no_import_cycles():
     cycles = find_cycles(graph)
     assert not cycles, "import cycles (function-level imports count):\n" + "\n".join(
         " -> ".join(cycle) for cycle in cycles)
+
+
+# The floors, top-down, written once: a module imports its own room and the rooms of lower floors
+# only. A room (a sub-package or top-level module of rl_pipeline, or the rewards package) that is
+# not listed fails the test until it is given a floor.
+FLOORS: list[set[str]] = [
+    {"cli"},                                   # rlp
+    {"pipelines"},                             # the drivers: one loop each
+    {"policy"},                                # trainer ranks + engines in step: versions, pushes, hand-overs
+    {"cluster", "memory_plan"},                # where roles run and whether they fit
+    {"workers"},                               # Ray actors
+    {"weight_sync"},                           # trainer -> engines transports
+    {"models"},                                # load/save, logprobs, LoRA, tiny models
+    {"batch"},                                 # the GRPO batch
+    {"data"},                                  # datasets, tokenisation, micro-batches, synthetic tasks
+    {"tools"},                                 # the tool plug-in API
+    {"tracking", "checkpoint", "progress", "console", "ray_reaper"},  # a run's services
+    {"config"},                                # the recipe schema
+    {"algorithms"},                            # pure math and the algorithm registry
+    {"rewards"},                               # the reward plug-in API (no Ray)
+    {"plugins", "atomic", "interrupt"},        # the ground: loading plug-ins, atomic writes, Ctrl-C
+]
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "rewards":
+        return "rewards"
+    return parts[1] if len(parts) > 1 else "rl_pipeline"
+
+
+def upward_imports(graph: dict[str, set[str]], floors: list[set[str]]) -> list[str]:
+    """Every import from a room to a room on a higher floor, and every room without a floor."""
+    floor_of = {room: level for level, rooms in enumerate(floors) for room in rooms}
+    problems = sorted({f"{room_of(m)} has no floor (add it to FLOORS)" for m in graph
+                       if room_of(m) not in floor_of and room_of(m) != "rl_pipeline"})
+    for module, targets in sorted(graph.items()):
+        source = room_of(module)
+        for target in sorted(targets):
+            if source in floor_of and room_of(target) in floor_of and floor_of[room_of(target)] < floor_of[source]:
+                problems.append(f"{module} -> {target}: {source} imports {room_of(target)}, a higher floor")
+    return problems
+
+
+def test_the_rule_sees_an_arrow_pointing_up():
+    graph = {"rl_pipeline.models.a": {"rl_pipeline.workers.b"}, "rl_pipeline.workers.b": {"rl_pipeline.models.a"}}
+    assert upward_imports(graph, FLOORS) == [
+        "rl_pipeline.models.a -> rl_pipeline.workers.b: models imports workers, a higher floor"]
+
+
+def test_every_import_points_down_the_floors():
+    problems = upward_imports(import_graph(), FLOORS)
+    assert not problems, "imports against the floors (tests/unit/test_import_cycles.py FLOORS):\n" + "\n".join(problems)

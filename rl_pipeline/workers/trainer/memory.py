@@ -1,6 +1,6 @@
 """A trainer rank's GPU memory, for the hybrid engine: move its states to CPU memory and back.
 
-`TrainerMemory` is a TrainerWorker mixin driven by pipelines/hybrid_engine.py. While the engines
+`TrainerMemory` is a TrainerWorker mixin driven by policy/handover.py. While the engines
 generate, the rank's DeepSpeed states live in (pinned) CPU memory; while it trains they are on the
 GPU. DeepSpeed's `offload_states` / `reload_states` (its ZeRO-2 and -3 optimizers) move them: the
 fp32 master weights (`hp_params`), the Adam moments (`optim_states`), the gradient buffers

@@ -1,4 +1,4 @@
-"""The hybrid engine: trainer ranks and rollout engines that share GPUs take turns with the memory.
+"""Hand-overs of shared GPUs (the hybrid engine): trainer ranks and rollout engines take turns with the memory.
 
 Colocated (`cluster.colocate`) GPUs are split by time instead of by memory (`cluster.hybrid_engine`):
 while the engines generate, the trainer's DeepSpeed states wait in CPU memory; while the trainer
@@ -48,12 +48,15 @@ log = logging.getLogger(__name__)
 class HybridEngine:
     """The driver's side of the hand-overs; `enabled` False keeps only the weight push."""
 
-    def __init__(self, policy, engines, sync, sleep_level: int = 2, enabled: bool = True) -> None:
-        self.policy, self.engines, self.sync = policy, engines, sync
+    def __init__(self, trainer, engines, sync, sleep_level: int = 2, enabled: bool = True,
+                 engines_awake: bool = True, events: list[tuple[str, float]] | None = None) -> None:
+        """Built once both sides are up (rl_pipeline/policy/policy.py); `engines_awake` False and
+        `events` say the engines already slept for the trainer's start-up (`engines_sleep_for_startup`)."""
+        self.trainer, self.engines, self.sync = trainer, engines, sync
         self.sleep_level, self.enabled = sleep_level, enabled
-        self.events: list[tuple[str, float]] = []  # (call, actor-side time): the order, for tests
+        self.events: list[tuple[str, float]] = list(events or [])  # (call, actor-side time): the order, for tests
         # Who holds the card now. A trainer rank starts with its states on the GPU.
-        self.engines_awake, self.trainer_on_gpu = True, True
+        self.engines_awake, self.trainer_on_gpu = engines_awake, True
 
     def _record(self, name: str, result: dict, timer, phase: str) -> dict:
         self.events.append((name, result["at"]))
@@ -61,18 +64,18 @@ class HybridEngine:
             timer.add(phase, result["seconds"])
         return result
 
-    def engines_sleep_for_startup(self) -> None:
-        """Right after the engines start: free the card for the trainer's start-up."""
-        if self.enabled:
-            self._record("engines.sleep", self.engines.sleep(self.sleep_level), None, "sleep")
-            self.engines_awake = False
+    @staticmethod
+    def engines_sleep_for_startup(engines, sleep_level: int) -> list[tuple[str, float]]:
+        """Right after the engines start, before the trainer exists: free the card for the trainer's
+        start-up. Returns the event for the schedule's record."""
+        return [("engines.sleep", engines.sleep(sleep_level)["at"])]
 
     def hand_to_trainer(self, timer=None, metrics: dict | None = None) -> None:
         """Engines sleep, trainer states come back to the GPU. Records the generate-phase memory."""
         if not self.enabled:
             return
         if metrics is not None and self._gpu() and self.engines_awake:
-            trainer = self.policy.gpu_memory(reset_peak=True)
+            trainer = self.trainer.gpu_memory(reset_peak=True)
             used = self.engines.gpu_memory()["device_used_gib"]
             metrics.update({"memory/device_used_gib/generate": used,
                             "memory/trainer_gib/generate": trainer["reserved_gib"],
@@ -81,7 +84,7 @@ class HybridEngine:
             self._record("engines.sleep", self.engines.sleep(self.sleep_level), timer, "sleep")
             self.engines_awake = False
         if not self.trainer_on_gpu:
-            self._record("trainer.onload", self.policy.onload(), timer, "onload")
+            self._record("trainer.onload", self.trainer.onload(), timer, "onload")
             self.trainer_on_gpu = True
 
     def hand_to_engines(self, timer=None, metrics: dict | None = None) -> dict:
@@ -90,7 +93,7 @@ class HybridEngine:
         if not self.enabled:
             return self._push(timer)
         if metrics is not None and self._gpu():
-            trainer = self.policy.gpu_memory()
+            trainer = self.trainer.gpu_memory()
             used = trainer["device_used_gib"]
             metrics.update({"memory/trainer_peak_gib/train": trainer["peak_gib"],
                             "memory/device_used_gib/train": used,
@@ -98,34 +101,31 @@ class HybridEngine:
         if self.engines_awake or not self.trainer_on_gpu:
             raise RuntimeError("hybrid engine: hand_to_engines needs the card with the trainer (call "
                                "hand_to_trainer first)")
-        self._record("trainer.offload_training_states", self.policy.offload(TRAINING_STATES), timer, "offload")
+        self._record("trainer.offload_training_states", self.trainer.offload(TRAINING_STATES), timer, "offload")
         self._record("engines.wake_weights", self.engines.wake_up(["weights"]), timer, "wake")
         stats = self._push(timer)
-        self._record("trainer.offload_weights", self.policy.offload(WEIGHTS), timer, "offload")
+        self._record("trainer.offload_weights", self.trainer.offload(WEIGHTS), timer, "offload")
         self.trainer_on_gpu = False
         self._record("engines.wake_kv_cache", self.engines.wake_up(["kv_cache"]), timer, "wake")
         self.engines_awake = True
         return stats
 
-    def refresh_replaced(self, index: int) -> None:
-        """RolloutGroup.on_replace: a replacement engine starts with the model's initial weights;
-        push the trainer's current ones to every engine (NCCL: over a rebuilt group). With the
-        hybrid engine the trainer's bf16 weights come back to the GPU for the push only."""
-        if self.sync is None or self.sync.backend is None:
-            return  # nothing pushed yet: the initial weights are the current ones
-        log.warning("rollout engine %d replaced: pushing the current weights to every engine", index)
+    def push_to_replaced(self) -> None:
+        """A replacement engine starts with the model's initial weights: push the trainer's current
+        ones to every engine (NCCL: over a rebuilt group). With the hybrid engine the trainer's bf16
+        weights come back to the GPU for the push only."""
         self.sync.engines_replaced()
         if self.enabled and not self.trainer_on_gpu:
-            self._record("trainer.onload_weights", self.policy.onload(WEIGHTS), None, "onload")
+            self._record("trainer.onload_weights", self.trainer.onload(WEIGHTS), None, "onload")
             self._push(None)
-            self._record("trainer.offload_weights", self.policy.offload(WEIGHTS), None, "offload")
+            self._record("trainer.offload_weights", self.trainer.offload(WEIGHTS), None, "offload")
         else:
             self._push(None)
 
     def _push(self, timer) -> dict:
         self.events.append(("push", time.time()))
         with timer("sync") if timer is not None else contextlib.nullcontext():
-            return self.sync.push(self.policy, self.engines)
+            return self.sync.push(self.trainer, self.engines)
 
     @contextlib.contextmanager
     def trainer_resident(self, push_after: bool = True):
