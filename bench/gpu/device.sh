@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (device tool), from the repo root, after the kit is installed in ~/site:
-#   bash bench/gpu/device.sh STAGE...   stages: smoke tests trainer rollout sync sync2 grpo scaling capacity
+#   bash bench/gpu/device.sh STAGE...   stages: smoke tests (= tests_a tests_b, one call each: tests/gpu takes
+#                                       ~10 min on one H100) trainer rollout sync sync2 grpo scaling capacity
 #                                       (CAPACITY=model:mode,... picks capacity.py's configurations)
 #                                       vs_trl1 vs_trl2 (vs_trl1_05 / vs_trl1_15 ...: one model)
 # Logs go to $OUT (what the device tool brings back) and to stdout.
@@ -19,7 +20,11 @@ run() {  # name seconds command...
 for stage in "$@"; do
   case $stage in
     smoke) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import vllm, ray, deepspeed, torch; print(vllm.__version__, ray.__version__, deepspeed.__version__, torch.__version__)";;
-    tests) run tests 420 python3 -m pytest -q -s -x tests/gpu -p no:cacheprovider --timeout 400;;
+    tests) run tests 560 python3 -m pytest -q -s -x tests/gpu -p no:cacheprovider --timeout 400;;
+    tests_a) run tests_a 420 python3 -m pytest -q -s -x tests/gpu -p no:cacheprovider --timeout 400 -rA \
+               -k "not lora and not replaced and not automatic";;
+    tests_b) run tests_b 420 python3 -m pytest -q -s -x tests/gpu -p no:cacheprovider --timeout 400 -rA \
+               -k "lora or replaced or automatic";;
     trainer) run trainer 300 python3 bench/gpu/trainer.py;;
     rollout) run rollout 240 python3 bench/gpu/rollout.py;;
     sync) run sync 240 python3 bench/gpu/weight_sync.py --layout colocated;;

@@ -146,25 +146,6 @@ class SFTConfig(Section):
     save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
 
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_algorithm_presets(cls, data: Any) -> Any:
-        """The algorithm's presets fill the grpo.* keys the recipe does not write (a written key wins);
-        an unknown algorithm fails here, naming grpo.algorithm.name, before any actor starts."""
-        if not isinstance(data, dict):
-            return data
-        spec = data.get("algorithm") or {}
-        name = spec.get("name", "grpo") if isinstance(spec, dict) else getattr(spec, "name", "grpo")
-        if not isinstance(name, str):
-            return data  # the field's own validation reports the type
-        from rl_pipeline.algorithms import AlgorithmError, resolve
-
-        try:
-            presets = resolve(name).presets
-        except AlgorithmError as exc:
-            raise ValueError(f"algorithm.name: {exc}") from None
-        return {**presets, **data}
-
 
 class RolloutConfig(Section):
     num_engines: int = Field(1, ge=1)
@@ -430,25 +411,6 @@ class RMConfig(Section):
     log_every: int = Field(1, ge=1)
     save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
     seed: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_algorithm_presets(cls, data: Any) -> Any:
-        """The algorithm's presets fill the grpo.* keys the recipe does not write (a written key wins);
-        an unknown algorithm fails here, naming grpo.algorithm.name, before any actor starts."""
-        if not isinstance(data, dict):
-            return data
-        spec = data.get("algorithm") or {}
-        name = spec.get("name", "grpo") if isinstance(spec, dict) else getattr(spec, "name", "grpo")
-        if not isinstance(name, str):
-            return data  # the field's own validation reports the type
-        from rl_pipeline.algorithms import AlgorithmError, resolve
-
-        try:
-            presets = resolve(name).presets
-        except AlgorithmError as exc:
-            raise ValueError(f"algorithm.name: {exc}") from None
-        return {**presets, **data}
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     input_format: Literal["auto", "chat", "pair"] = Field(
