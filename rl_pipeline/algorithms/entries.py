@@ -1,12 +1,13 @@
 """The built-in algorithms: GRPO and its published variants, each a registered `Algorithm`.
 
-| name              | advantages                 | per-token term                              | presets (grpo.*)                  |
-| grpo              | (r - mean) / std per group | -min(rho A, clip(rho, 1-eps_l, 1+eps_h) A)  | none: the recipe's settings       |
-| dr_grpo           | r - mean                   | GRPO's                                      | token sum / constant length       |
-| dapo              | GRPO's                     | GRPO's, clip-higher                         | eps_high 0.28, token-mean, ...    |
-| gspo              | GRPO's                     | clipped surrogate on the sequence ratio     | eps 3e-4 / 4e-4                   |
-| cispo             | GRPO's                     | -sg(clip(rho)) A log pi: every token's grad | no lower clip, token-mean         |
-| on_policy_distill | teacher's per-token        | GRPO's                                      | keeps flat groups                 |
+- grpo: advantages (r - mean) / std per group; -min(rho A, clip(rho, 1-eps_l, 1+eps_h) A) per
+  token; no presets (the recipe's settings).
+- dr_grpo: advantages r - mean; GRPO's term; each completion's token sum over a constant length.
+- dapo: GRPO's advantages and term with clip-higher (eps_high 0.28), token-mean, dynamic sampling.
+- gspo: GRPO's advantages; the clipped surrogate on the sequence's ratio (eps 3e-4 / 4e-4).
+- cispo: GRPO's advantages; -sg(clip(rho)) A log pi, so every token keeps its gradient; no lower
+  clip, token-mean.
+- on_policy_distill: a teacher's per-token advantages; GRPO's term; keeps flat groups.
 tests/unit/test_algorithms.py checks each against values computed by hand.
 """
 

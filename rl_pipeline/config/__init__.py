@@ -51,7 +51,8 @@ from rl_pipeline.config.sections import (
 )
 
 __all__ = [
-    "AlgorithmConfig", "CheckpointConfig", "ClusterConfig", "DataConfig", "DatasetConfig", "DistillConfig", "GRPOConfig", "InputError",
+    "AlgorithmConfig", "CheckpointConfig", "ClusterConfig", "DataConfig", "DatasetConfig", "DistillConfig",
+    "GRPOConfig", "InputError",
     "LoraConfig", "ModelConfig", "NodePinning", "PlacementConfig", "PreferencePairsConfig", "RMConfig", "Recipe",
     "RecipeError",
     "ReferencePlacement", "RewardFunctionSpec", "RewardPlacement", "RewardsConfig", "RolePlacement", "RolloutConfig",
