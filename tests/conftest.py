@@ -87,3 +87,16 @@ def partly_trained_model(tmp_path_factory, tiny_model_dir, task_dir, ray_local) 
     result = train_sft(recipe, run_dir=out / "run")
     assert result.steps < 1000, "SFT never reached the stop accuracy: the fixture is not partly trained"
     return result.final_model
+
+
+def pytest_runtest_logreport(report):
+    """Print a failure the moment it happens, not only in the summary: a CI run stopped by its
+    time limit never reaches the summary, and its log must still say what failed and why."""
+    if not report.failed:
+        return
+    import sys
+
+    text = report.longreprtext
+    sys.stderr.write(f"\nFAILED {report.nodeid} ({report.when}, {report.duration:.0f} s)\n"
+                     f"{text[-6000:]}\n")
+    sys.stderr.flush()

@@ -26,7 +26,7 @@ from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
 from rl_pipeline.pipelines.evaluate import evaluate
-from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, algorithm_spec, check_grpo_inputs
+from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, check_grpo_inputs
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.policy import Policy, check_hybrid_engine
 from rl_pipeline.tracking import Tracker
@@ -90,6 +90,7 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
     from rl_pipeline.memory_plan import plan_memory
     from rl_pipeline.workers.reference import ReferenceGroup
     from rl_pipeline.workers.reward import RewardService
+    from rl_pipeline.workers.trainer import TrainerWorker
 
     hybrid = plan_memory(recipe, run_dir)  # refuses a plan whose roles cannot fit on the GPUs
     plan = plan_grpo(recipe)  # fails here, naming what the cluster lacks, before any actor starts
@@ -103,7 +104,8 @@ def start_actors(recipe: Recipe, total_steps: int, run_dir: Path | None = None) 
                                                     device=recipe.trainer.device, placement=plan.reference)
         elif recipe.trainer.lora is not None and recipe.grpo.kl_coef > 0:
             # The reference is the base with the adapters off, on the trainer ranks (no actor of its own).
-            actors.reference = ReferenceGroup(actors.policy.trainer.group, method="base_logprobs", owns_actors=False)
+            actors.reference = ReferenceGroup(actors.policy.trainer.group, TrainerWorker.base_logprobs,
+                                              owns_actors=False)
         if plan.teacher is not None:
             actors.teacher = ReferenceGroup.start(recipe.teacher.model, recipe.teacher.replicas,
                                                   device=recipe.trainer.device, placement=plan.teacher, role="teacher")
@@ -225,7 +227,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         metrics["train/padding_share"] = _padding_share(mini_batches)
         metrics["rollout/policy_version_lag"] = float(actors.policy.version - min(s.policy_version
                                                                                    for s in batch.samples))
-        metrics.update(actors.policy.train(mini_batches, algorithm_spec(recipe), step, g.inner_epochs,
+        metrics.update(actors.policy.train(mini_batches, inputs.algorithm_spec, step, g.inner_epochs,
                                            recipe.rollout.temperature))
     if ahead is not None:
         with timer("rollout_wait"):

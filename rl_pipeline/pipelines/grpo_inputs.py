@@ -26,6 +26,7 @@ class GRPOInputs:
     eval: list[Prompt] | None
     correct_component: str | None  # None: no reward grades correctness (pipelines/accuracy.py), or none at all
     algorithm: Algorithm | None = None  # the objective, built on the driver (advantages); the ranks build theirs
+    algorithm_spec: AlgorithmSpec | None = None  # what the ranks build it from (sent with every step)
 
 
 def algorithm_spec(recipe: Recipe) -> AlgorithmSpec:
@@ -44,10 +45,12 @@ def algorithm_spec(recipe: Recipe) -> AlgorithmSpec:
     return AlgorithmSpec(g.algorithm.name, kwargs, settings)
 
 
-def build_algorithm(recipe: Recipe) -> Algorithm:
-    """The driver's copy of the objective; a bad setting or keyword argument is an InputError here."""
+def build_algorithm(recipe: Recipe) -> tuple[AlgorithmSpec, Algorithm]:
+    """The objective's spec and the driver's copy of it; a bad setting or keyword argument is an
+    InputError here."""
     try:
-        return algorithm_spec(recipe).build()
+        spec = algorithm_spec(recipe)
+        return spec, spec.build()
     except (AlgorithmError, ValueError) as exc:
         raise InputError(f"grpo.algorithm: {exc}") from None
 
@@ -62,10 +65,10 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
     check_lora(recipe.model, recipe.trainer.lora)
-    algorithm = build_algorithm(recipe)
+    spec, algorithm = build_algorithm(recipe)
     if recipe.rewards is None:
         inputs = _check_inputs_without_rewards(recipe)
-        inputs.algorithm = algorithm
+        inputs.algorithm, inputs.algorithm_spec = algorithm, spec
         return inputs
     try:
         validate(recipe.rewards)
@@ -76,7 +79,7 @@ def check_grpo_inputs(recipe: Recipe) -> GRPOInputs:
     check_reward_model_paths(recipe.rewards)
     names = component_names(recipe.rewards)
     inputs = _load_inputs(recipe, correctness_component(recipe.rewards, names, recipe.grpo.accuracy_reward))
-    inputs.algorithm = algorithm
+    inputs.algorithm, inputs.algorithm_spec = algorithm, spec
     return inputs
 
 

@@ -40,14 +40,18 @@ def decode_adapter(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 class AdapterSender:
-    """TrainerWorker mixin: the adapter of rank 0 (the ranks of a data-parallel run hold equal copies)."""
+    """A trainer rank's adapter sender: rank 0's adapter (the ranks of a data-parallel run hold equal copies)."""
+
+    def __init__(self, core) -> None:
+        self.core = core  # a tensors.TrainerRank
 
     def export_adapter(self) -> bytes | None:
         from rl_pipeline.models.lora import adapter_config, adapter_tensors
 
-        if self.rank != 0:
+        if self.core.rank != 0:
             return None
-        return encode_adapter(adapter_tensors(self.engine.module), adapter_config(self.engine.module))
+        module = self.core.engine.module
+        return encode_adapter(adapter_tensors(module), adapter_config(module))
 
 
 class AdapterBackend(ObjectStoreBackend):

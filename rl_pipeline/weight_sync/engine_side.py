@@ -1,8 +1,8 @@
 """The engine side of the weight sync: the worker extension that vLLM mixes into its worker class, so the pipeline can push weights.
 
 A rollout engine starts `vllm.LLM(..., worker_extension_cls=EXTENSION)`; vLLM then adds these
-methods to every worker process of the engine, and `llm.collective_rpc("rlp_load_weights",
-args=(blob,))` runs them there. Method names carry the `rlp_` prefix on purpose: vLLM's own
+methods to every worker process of the engine, and `remote.worker_rpc(llm,
+RolloutWorkerExtension.rlp_load_weights, blob)` runs them there. Method names carry the `rlp_` prefix on purpose: vLLM's own
 worker already defines `update_weights` (its NCCL/IPC weight-transfer engines) and a name clash
 aborts engine start-up.
 
@@ -13,7 +13,8 @@ on the same GPU). The engines are built here on demand, so one `vllm.LLM` serves
 without a `weight_transfer_config` fixed at start-up.
 
 This module is imported inside vLLM's worker processes: keep it free of Ray and of anything
-heavy at import time.
+heavy at import time. `EngineWeights` is the engine actor's side the transports call
+(workers/rollout.RolloutEngine has those methods).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import io
 import logging
 import time
+from typing import Callable, Protocol
 
 # The dotted path vLLM imports in its worker processes.
 EXTENSION = "rl_pipeline.weight_sync.engine_side.RolloutWorkerExtension"
@@ -91,6 +93,16 @@ def _quiet_expected_reload_warnings(model):
         yield
     finally:
         logger.removeFilter(log_filter)
+
+
+class EngineWeights(Protocol):
+    """The rollout engine actor's methods that the transports call (workers/rollout.RolloutEngine)."""
+
+    def receive_weights(self, backend: str, update_info: dict) -> dict[str, float]:
+        """Load weights sent over NCCL or CUDA IPC into every worker of the engine."""
+
+    def worker_rpc(self, method: Callable, *args) -> list:
+        """Run a `RolloutWorkerExtension` method on every worker of the engine (rank order)."""
 
 
 class RolloutWorkerExtension:

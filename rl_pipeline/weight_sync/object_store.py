@@ -1,6 +1,6 @@
 """The CPU transport: the weights travel as one torch.save blob through Ray's object store.
 
-Trainer side (`ObjectStoreSender.export_weights`, a TrainerWorker mixin): rank 0 serialises the
+Trainer side (`ObjectStoreSender.export_weights`, a TrainerWorker part): rank 0 serialises the
 full Hugging Face-named state dict; every engine fetches that one object and loads it with
 vLLM's `reload_weights` (`engine_side.RolloutWorkerExtension.rlp_load_weights`).
 """
@@ -53,11 +53,14 @@ class ObjectStoreBackend:
 
 
 class ObjectStoreSender:
-    """TrainerWorker mixin; needs the trainer's `full_state_dict()` (rank 0 gets the weights)."""
+    """A trainer rank's object-store sender: the rank's `full_state_dict()` as bytes (rank 0's)."""
+
+    def __init__(self, core) -> None:
+        self.core = core  # a tensors.TrainerRank
 
     def export_weights(self) -> bytes | None:
         """The full weights as torch.save bytes on rank 0 (all ranks call it under ZeRO-3)."""
-        state = self.full_state_dict()
+        state = self.core.full_state_dict()
         if state is None:
             return None
         buffer = io.BytesIO()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 
+from rl_pipeline.remote import call
 from rl_pipeline.weight_sync.adapter import AdapterBackend
 from rl_pipeline.weight_sync.cuda_ipc import CudaIpcBackend
 from rl_pipeline.weight_sync.nccl import NcclBackend
+from rl_pipeline.weight_sync.engine_side import EngineWeights, RolloutWorkerExtension
 from rl_pipeline.weight_sync.object_store import ObjectStoreBackend, WeightExporter, WeightLoader
+from rl_pipeline.weight_sync.tensors import TrainerTensors
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +26,8 @@ def same_gpu(trainer, engines) -> bool:
     """True when trainer rank 0 and engine 0 report the same physical GPU."""
     import ray
 
-    trainer_gpu = ray.get(trainer.group.actors[0].gpu_uuid.remote())
-    engine_gpu = ray.get(engines.engines[0].worker_rpc.remote("rlp_device_uuid"))[0]
+    trainer_gpu = ray.get(call(trainer.group.actors[0], TrainerTensors.gpu_uuid))
+    engine_gpu = ray.get(call(engines.engines[0], EngineWeights.worker_rpc, RolloutWorkerExtension.rlp_device_uuid))[0]
     return trainer_gpu == engine_gpu
 
 

@@ -15,13 +15,14 @@ import math
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl_pipeline.config import InputError
+from rl_pipeline.remote import call
 
 log = logging.getLogger(__name__)
 
@@ -321,16 +322,20 @@ class ActorGroup:
     def __len__(self) -> int:
         return len(self.actors)
 
-    def call_all(self, method: str, *args, **kwargs) -> list:
-        """Call `method` with the same arguments on every actor; results in actor order."""
-        return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+    def call_all(self, method: Callable, *args, **kwargs) -> list:
+        """Run `method` (the actor class's, e.g. `TrainerWorker.save_state`) with the same
+        arguments on every actor; results in actor order."""
+        return ray.get(self.submit_all(method, *args, **kwargs))
 
-    def call_each(self, method: str, per_actor_args: list[tuple], **kwargs) -> list:
-        """Call `method` on actor i with per_actor_args[i] (a shard of the work)."""
+    def submit_all(self, method: Callable, *args, **kwargs) -> list[ray.ObjectRef]:
+        """`call_all` without waiting: one ObjectRef per actor, in actor order."""
+        return [call(a, method, *args, **kwargs) for a in self.actors]
+
+    def call_each(self, method: Callable, per_actor_args: list[tuple], **kwargs) -> list:
+        """Run `method` on actor i with per_actor_args[i] (a shard of the work)."""
         if len(per_actor_args) != len(self.actors):
             raise ValueError(f"{self.role}: {len(per_actor_args)} shards for {len(self.actors)} actors")
-        refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, per_actor_args)]
-        return ray.get(refs)
+        return ray.get([call(a, method, *args, **kwargs) for a, args in zip(self.actors, per_actor_args)])
 
     def node_ids(self) -> list[str]:
         """The Ray node id each actor runs on, in actor order."""

@@ -11,6 +11,8 @@ calling their `base_logprobs`), through the same `completion_logprobs`."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from rl_pipeline.config import ModelConfig
 
 
@@ -37,11 +39,12 @@ class ReferenceWorker:
 
 class ReferenceGroup:
     """Replicas of the reference model; rows are split evenly across them. `method` is the actor
-    method that scores rows; `owns_actors` False (the LoRA trainer ranks) leaves them running at
-    shutdown."""
+    method that scores rows (`ReferenceWorker.completion_logprobs`, or the LoRA trainer ranks'
+    `TrainerWorker.base_logprobs`); `owns_actors` False (those ranks) leaves them running at shutdown."""
 
-    def __init__(self, group, method: str = "completion_logprobs", owns_actors: bool = True) -> None:
-        self.group, self.method, self.owns_actors = group, method, owns_actors
+    def __init__(self, group, method: Callable | None = None, owns_actors: bool = True) -> None:
+        self.group, self.owns_actors = group, owns_actors
+        self.method = method or ReferenceWorker.completion_logprobs
 
     @classmethod
     def start(cls, model: ModelConfig, replicas: int = 1, cpus: float = 0.25, gpus: float = 0.0,

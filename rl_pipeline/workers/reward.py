@@ -55,6 +55,7 @@ import rewards
 from rewards import sandbox
 from rewards.pool import FunctionSpec, Outcome, SamplePool, Task
 from rl_pipeline.config import InputError, RewardsConfig
+from rl_pipeline.remote import call
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +342,6 @@ def _metrics(components: dict[str, list[float | None]], outcomes: list[list[Outc
     return metrics
 
 
-@ray.remote(num_cpus=0)
 class ModelRewardActor:
     """Hosts one stateful reward (a reward model, a judge) and scores whole batches."""
 
@@ -364,14 +364,14 @@ class ActorHost:
         self.actor = self._start()
 
     def _start(self) -> Any:
-        actor = ModelRewardActor.options(num_gpus=self.num_gpus).remote(self.name, self.kwargs)
+        actor = ray.remote(num_cpus=0)(ModelRewardActor).options(num_gpus=self.num_gpus).remote(self.name, self.kwargs)
         ray.get(actor.__ray_ready__.remote())
         return actor
 
     def submit(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> ray.ObjectRef:
         if self.actor is None:
             self.actor = self._start()
-        return self.actor.score.remote(prompts, completions, columns)
+        return call(self.actor, ModelRewardActor.score, prompts, completions, columns)
 
     def collect(self, ref: ray.ObjectRef, timeout_s: float) -> list[float | None]:
         try:
@@ -391,7 +391,6 @@ class ActorHost:
             self.actor = None
 
 
-@ray.remote(num_cpus=0)
 class _RewardServiceActor:
     def __init__(self, config: RewardsConfig) -> None:
         logging.basicConfig(level=logging.INFO)
@@ -460,7 +459,7 @@ class RewardService:
             res = placement.resources
             options.update(num_cpus=res.cpus, num_gpus=res.gpus, resources=res.custom or None,
                            label_selector=res.labels or None)
-        actor = _RewardServiceActor.options(**options).remote(config)
+        actor = ray.remote(num_cpus=0)(_RewardServiceActor).options(**options).remote(config)
         ray.get(actor.__ray_ready__.remote())
         return cls(actor, config)
 
@@ -477,14 +476,14 @@ class RewardService:
 
     def score_async(self, prompts: list[str], completions: list[str],
                     columns: dict[str, list] | None = None) -> ray.ObjectRef:
-        return self.actor.score.remote(prompts, completions, columns)
+        return call(self.actor, _RewardServiceActor.score, prompts, completions, columns)
 
     def shutdown(self, wait_s: float = 10.0) -> None:
         """Close the pool and the reward actors, then kill the service actor. A service still
         scoring (a Ctrl-C mid-batch) runs its calls in order, so `close` would wait for the batch:
         after `wait_s` (0 on an interrupt) the kill alone ends it; its pool workers die with it."""
         try:
-            ray.get(self.actor.close.remote(), timeout=wait_s)
+            ray.get(call(self.actor, _RewardServiceActor.close), timeout=wait_s)
         except ray.exceptions.GetTimeoutError:
             pass
         finally:

@@ -24,8 +24,9 @@ from typing import Any
 import ray
 
 from rl_pipeline.config import RolloutConfig
+from rl_pipeline.remote import call, worker_rpc
 from rl_pipeline.weight_sync.adapter import AdapterFolders
-from rl_pipeline.weight_sync.engine_side import EXTENSION
+from rl_pipeline.weight_sync.engine_side import EXTENSION, RolloutWorkerExtension
 from rl_pipeline.workers.group import ActorGroup, Placement, Resources, merge_switches
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ class RolloutEngine:
     def load_weights(self, blob: bytes) -> dict[str, float]:
         """Load torch.save'd state-dict bytes into every worker of the engine."""
         start = time.perf_counter()
-        results = self.llm.collective_rpc("rlp_load_weights", args=(blob,))
+        results = worker_rpc(self.llm, RolloutWorkerExtension.rlp_load_weights, blob)
         # vLLM caches KV blocks by prefix; blocks computed with the old weights must not be reused.
         self.llm.reset_prefix_cache()
         worker = results[0]
@@ -242,14 +243,14 @@ class RolloutEngine:
 
 
     # ---- CUDA weight sync and sleep mode (rl_pipeline.weight_sync drives these) ----------------
-    def worker_rpc(self, method: str, *args) -> list:
-        """Run a worker-extension method on every worker of this engine (rank order)."""
-        return self.llm.collective_rpc(method, args=args)
+    def worker_rpc(self, method: Callable, *args) -> list:
+        """Run a `RolloutWorkerExtension` method on every worker of this engine (rank order)."""
+        return worker_rpc(self.llm, method, *args)
 
     def receive_weights(self, backend: str, update_info: dict) -> dict[str, float]:
         """Load weights sent over NCCL or CUDA IPC; forget KV blocks computed with the old ones."""
         start = time.perf_counter()
-        results = self.llm.collective_rpc("rlp_receive_weights", args=(backend, update_info))
+        results = worker_rpc(self.llm, RolloutWorkerExtension.rlp_receive_weights, backend, update_info)
         self.llm.reset_prefix_cache()
         return {"seconds": time.perf_counter() - start, **results[0]}
 
@@ -276,7 +277,7 @@ class RolloutEngine:
         """GiB in use on the engine's GPU (all processes: a colocated trainer's too); 0 on CPU."""
         if self.device == "cpu":
             return {"device_used_gib": 0.0}
-        return {"device_used_gib": self.llm.collective_rpc("rlp_device_used_gib")[0]}
+        return {"device_used_gib": worker_rpc(self.llm, RolloutWorkerExtension.rlp_device_used_gib)[0]}
 
 
 def _completion(out, policy_version: int) -> Completion:
@@ -329,7 +330,7 @@ class RolloutGroup:
         )
         group = cls(actor_group, model_path, cfg, seed, lora_rank, restore)
         try:
-            group.infos = ray.get([actor.info.remote() for actor in actor_group.actors])
+            group.infos = actor_group.call_all(RolloutEngine.info)
         except Exception:
             actor_group.shutdown()
             raise
@@ -378,7 +379,7 @@ class RolloutGroup:
         def submit(index: int):
             start, chunk = shards[index]
             seeds = None if seed is None else [seed + (start + j) * n for j in range(len(chunk))]
-            return self.engines[index].generate.remote(chunk, sampling, seeds)
+            return call(self.engines[index], RolloutEngine.generate, chunk, sampling, seeds)
 
         busy = [i for i, (_, chunk) in enumerate(shards) if chunk]
         results = self._gather({i: submit for i in busy}, what="generate")
@@ -392,22 +393,22 @@ class RolloutGroup:
         """
         if not isinstance(weights_ref, ray.ObjectRef):
             raise TypeError(f"load_weights takes a ray.ObjectRef of torch.save bytes, got {type(weights_ref).__name__}")
-        return self._load_on_every_engine("load_weights", weights_ref)
+        return self._load_on_every_engine(RolloutEngine.load_weights, weights_ref)
 
     def load_adapter(self, adapter_ref: ray.ObjectRef, version: int) -> dict[str, float]:
         """LoRA push: every engine serves the adapter behind `adapter_ref` under LoRA id `version`
         from now on. Returns sync/seconds (until all engines have it loaded) and sync/bytes."""
-        return self._load_on_every_engine("load_adapter", adapter_ref, version)
+        return self._load_on_every_engine(RolloutEngine.load_adapter, adapter_ref, version)
 
-    def _load_on_every_engine(self, method: str, *args) -> dict[str, float]:
+    def _load_on_every_engine(self, method: Callable, *args) -> dict[str, float]:
         """Every engine runs `method(*args)` (load_weights, load_adapter). Returns sync/seconds
         (until all engines hold it), sync/bytes (one copy) and the slowest engine's reload time.
         A replacement started meanwhile is brought to the current weights by `restore`
         (`_replace`), so its share is not sent again."""
         start = time.perf_counter()
         results = self._gather(
-            {i: (lambda i: getattr(self.engines[i], method).remote(*args)) for i in range(len(self.engines))},
-            what=method,
+            {i: (lambda i: call(self.engines[i], method, *args)) for i in range(len(self.engines))},
+            what=method.__name__,
             resend_after_restart=False,
         )
         loaded = [r for r in results.values() if r is not None]
@@ -420,18 +421,18 @@ class RolloutGroup:
     def set_policy_version(self, version: int, indices: list[int] | None = None) -> None:
         """The engines (all, or `indices`) now hold policy `version`; they stamp it on what they sample."""
         targets = range(len(self.engines)) if indices is None else indices
-        ray.get([self.engines[i].set_policy_version.remote(version) for i in targets])
+        ray.get([call(self.engines[i], RolloutEngine.set_policy_version, version) for i in targets])
 
     # ---- hybrid engine (rl_pipeline/policy/handover.py) ------------------------------------------
     def sleep(self, level: int) -> dict[str, float]:
         """Every engine sleeps; the slowest engine's seconds, engine 0's memory after."""
-        return merge_switches(ray.get([e.sleep.remote(level) for e in self.engines]))
+        return merge_switches(self.group.call_all(RolloutEngine.sleep, level))
 
     def wake_up(self, tags: list[str] | None = None) -> dict[str, float]:
-        return merge_switches(ray.get([e.wake_up.remote(tags) for e in self.engines]))
+        return merge_switches(self.group.call_all(RolloutEngine.wake_up, tags))
 
     def gpu_memory(self) -> dict[str, float]:
-        return ray.get(self.engines[0].gpu_memory.remote())
+        return ray.get(call(self.engines[0], RolloutEngine.gpu_memory))
 
     def _gather(self, submit: dict[int, Any], what: str, resend_after_restart: bool = True) -> dict[int, Any]:
         """Run submit[i](i) on each engine i and collect results; replace engines that died.
@@ -473,7 +474,7 @@ class RolloutGroup:
         begin = time.perf_counter()
         seed = self.seed + index + 1000 * self.restarts  # a fresh sampling stream
         actor = self.group.restart(index, (self.model_path, self.cfg, seed, self.lora_rank))
-        self.infos[index] = ray.get(actor.info.remote())
+        self.infos[index] = ray.get(call(actor, RolloutEngine.info))
         current = self.restore(index) if self.restore is not None else "the model's initial weights"
         log.warning(
             "rollout: replacement engine %d ready in %.1fs (vLLM start %.1fs), %s",

@@ -32,7 +32,7 @@ def test_colocated_groups_share_bundles_and_release_them_together(ray_local):
         # Actor i of each role sits in bundle i of the same placement group.
         assert trainer.placement_group.id == rollout.placement_group.id
         assert trainer.node_ids() == rollout.node_ids()
-        assert [cpus for _, cpus in trainer.call_all("bundle")] == [pytest.approx(0.2)] * 2
+        assert [cpus for _, cpus in trainer.call_all(Where.bundle)] == [pytest.approx(0.2)] * 2
         with pytest.raises(PlacementError, match="3 actors cannot share the 2 bundles"):
             ActorGroup.start("reference", Where, 3, Resources(0.1), shared=shared)
     finally:

@@ -166,7 +166,7 @@ FLOORS: list[set[str]] = [
     {"config"},                                # the recipe schema
     {"algorithms"},                            # pure math and the algorithm registry
     {"rewards"},                               # the reward plug-in API (no Ray)
-    {"plugins", "atomic", "interrupt"},        # the ground: loading plug-ins, atomic writes, Ctrl-C
+    {"plugins", "atomic", "interrupt", "remote"},  # the ground: plug-ins, atomic writes, Ctrl-C, typed remote calls
 ]
 
 

@@ -1,11 +1,11 @@
 """A trainer rank's DeepSpeed engine: build it, accumulate and step, save and load its state.
 
-`TrainerEngine` is the base of `TrainerWorker`: it owns the process group, the model and the
+`TrainerEngine` is the core part of `TrainerWorker`: it owns the process group, the model and the
 optimizer (DeepSpeed: gloo + fp32 on CPU, NCCL + bf16 on CUDA; ZeRO stage 0-3 from the recipe),
-and the parts every training objective shares: one optimiser step over micro-batches
-(`_accumulate`), the lr of a GRPO step, checkpoints and the Hugging Face export. Each objective
-(SFT, GRPO, reward model, ...) is a mixin of its own next to this module that only computes its
-loss; `TrainerSpec.head` picks the model class (a causal LM, or a scalar-head classifier for RMs).
+and what every training objective shares: one optimiser step over micro-batches (`accumulate`),
+the lr of a GRPO step, checkpoints and the Hugging Face export. Each objective (SFT, GRPO, reward
+model, ...) is a part of its own next to this module, given this one, that only computes its loss;
+`TrainerSpec.head` picks the model class (a causal LM, or a scalar-head classifier for RMs).
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ class TrainerEngine:
     def __init__(self, rank: int, world_size: int, spec: TrainerSpec) -> None:
         self.rank, self.world_size, self.spec = rank, world_size, spec
         self.device = pick_device(spec.trainer.device)
-        self.engine = None
-        self.temperature = 1.0  # of the rollouts being trained on; grpo_step sets it
+        self.engine = None  # DeepSpeed's, built by setup
+        self.tokenizer = None
 
     def node_address(self) -> tuple[str, int]:
         from rl_pipeline.workers.group import node_address
@@ -173,7 +173,7 @@ class TrainerEngine:
         )
         return sum(p.numel() for p in model.parameters())
 
-    def _accumulate(self, micro_batches: list, loss_of) -> None:
+    def accumulate(self, micro_batches: list, loss_of) -> None:
         """Backward every micro-batch, then one optimiser step at the boundary we set.
 
         `loss_of(micro_batch)` returns this micro-batch's share of the global loss (already
@@ -187,11 +187,11 @@ class TrainerEngine:
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         self.engine.step()
 
-    def _grad_norm(self) -> float:
+    def grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def _set_lr(self, step: int) -> float:
+    def set_lr(self, step: int) -> float:
         """Give every parameter group the lr of GRPO step `step` (trainer.* schedule over spec.total_steps)."""
         from rl_pipeline.algorithms.schedule import lr_at
 

@@ -1,7 +1,11 @@
-"""The driver's handle on all trainer ranks: start them together, call them together, merge results."""
+"""The driver's handle on all trainer ranks: start them together, call them together, merge results.
+
+Every call names the rank's method itself (`TrainerWorker.grpo_step`, rl_pipeline/remote.py), so
+go-to-definition leads from here to the part that runs it."""
 
 from __future__ import annotations
 
+from rl_pipeline.remote import call
 from rl_pipeline.workers.group import merge_switches
 from rl_pipeline.workers.trainer.engine import TrainerSpec
 from rl_pipeline.workers.trainer.worker import TrainerWorker
@@ -26,13 +30,13 @@ class TrainerGroup:
         group = ActorGroup.start(
             "trainer", TrainerWorker, n, init_args=[(rank, n, spec) for rank in range(n)], **placement.group_kwargs(),
         )
-        addr, port = ray.get(group.actors[0].node_address.remote())  # rank 0 hosts the rendezvous
-        group.call_all("setup", addr, port)
+        addr, port = ray.get(call(group.actors[0], TrainerWorker.node_address))  # rank 0 hosts the rendezvous
+        group.call_all(TrainerWorker.setup, addr, port)
         return cls(group)
 
     def sft_step(self, shards: list[list[list[dict]]], global_target_tokens: int) -> dict:
         """One optimiser step; shards[r] are rank r's micro-batches. Returns global metrics."""
-        results = self.group.call_each("sft_step", [(s, global_target_tokens) for s in shards])
+        results = self.group.call_each(TrainerWorker.sft_step, [(s, global_target_tokens) for s in shards])
         return {
             "loss": sum(r["loss_share"] for r in results),
             "grad_norm": results[0]["grad_norm"],
@@ -45,7 +49,7 @@ class TrainerGroup:
         """GRPO step `step`: mu epochs of one optimiser step per mini-batch; mini_batches[k] =
         (shards[rank][micro_batch], that mini-batch's global LossNormaliser), as
         GRPOBatch.mini_batches builds them; `algorithm` an AlgorithmSpec. Metric shares summed over ranks."""
-        per_rank = self.group.call_each("grpo_step", [
+        per_rank = self.group.call_each(TrainerWorker.grpo_step, [
             ([(shards[rank], (norm.tokens, norm.sequences)) for shards, norm in mini_batches], algorithm, step,
              inner_epochs, temperature)
             for rank in range(len(self.group))
@@ -64,75 +68,76 @@ class TrainerGroup:
     # ---- hybrid engine: GPU memory switching (workers/trainer/memory.py) ---------------------
     def offload(self, states) -> dict:
         """Every rank moves `states` to CPU memory; the slowest rank's seconds, rank 0's memory."""
-        return merge_switches(self.group.call_all("offload", list(states)))
+        return merge_switches(self.group.call_all(TrainerWorker.offload, list(states)))
 
     def onload(self, states=None) -> dict:
         """Every rank brings its offloaded states (or only `states`) back to the GPU."""
-        return merge_switches(self.group.call_all("onload", None if states is None else list(states)))
+        return merge_switches(self.group.call_all(TrainerWorker.onload, None if states is None else list(states)))
 
     def gpu_memory(self, reset_peak: bool = False) -> dict:
         """Rank 0's GPU memory (GiB): allocated, reserved, peak since the last reset, device used."""
-        return self.group.call_all("gpu_memory", reset_peak)[0]
+        return self.group.call_all(TrainerWorker.gpu_memory, reset_peak)[0]
 
     def rm_step(self, shards: list[list[list[dict]]], global_pairs: int, margin_scale: float = 0.0,
                 center_coef: float = 0.0) -> dict:
         """One reward-model optimiser step; shards[r] are rank r's micro-batches of pairs.
         Returns global metrics: loss, pairwise accuracy, mean margin and mean reward."""
-        results = self.group.call_each("rm_step", [(s, global_pairs, margin_scale, center_coef) for s in shards])
+        results = self.group.call_each(TrainerWorker.rm_step, [(s, global_pairs, margin_scale, center_coef) for s in shards])
         return {**_pair_metrics(results), "loss": sum(r["loss_share"] for r in results),
                 "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"], "tokens": sum(r["tokens"] for r in results)}
 
     def rm_eval(self, shards: list[list[list[dict]]]) -> dict:
         """Held-out pair metrics over every rank's share: loss (Bradley-Terry), accuracy, margin."""
-        results = self.group.call_each("rm_eval", [(s,) for s in shards])
+        results = self.group.call_each(TrainerWorker.rm_eval, [(s,) for s in shards])
         pairs = max(sum(r["pairs"] for r in results), 1)
         return {**_pair_metrics(results), "loss": sum(r["loss_sum"] for r in results) / pairs}
 
     def export_weights(self):
         """ObjectRef of the full weights (torch.save bytes) from rank 0; the driver never
         fetches it, engines do. Waits until every rank took part (ZeRO-3 gathers)."""
-        return self._rank0_ref("export_weights")
+        return self._rank0_ref(TrainerWorker.export_weights)
 
     def export_adapter(self):
         """ObjectRef of rank 0's LoRA adapter (weight_sync/adapter.py), for the engines to fetch."""
-        return self._rank0_ref("export_adapter")
+        return self._rank0_ref(TrainerWorker.export_adapter)
 
-    def _rank0_ref(self, method: str):
+    def _rank0_ref(self, method):
+        """Run `method` on every rank (all take part under ZeRO-3); rank 0's ObjectRef, once ready."""
         import ray
 
-        refs = [getattr(actor, method).remote() for actor in self.group.actors]
+        refs = self.group.submit_all(method)
         ray.get(refs[1:])  # the other ranks return None; this surfaces their errors
         ray.wait(refs[:1])
         return refs[0]
 
     def node_ids(self) -> list[str]:
-        return self.group.call_all("node_id")
+        return self.group.call_all(TrainerWorker.node_id)
 
     def score(self, rows: list[dict], temperature: float = 1.0) -> list[list[float]]:
         """Per-token completion logprobs under the current weights at `temperature`, from rank 0."""
         import ray
 
-        return ray.get(self.group.actors[0].score.remote(rows, temperature))
+        return ray.get(call(self.group.actors[0], TrainerWorker.score, rows, temperature))
 
     def eval_loss(self, shards: list[list[list[dict]]]) -> float:
-        results = self.group.call_each("eval_nll", [(s,) for s in shards])
+        results = self.group.call_each(TrainerWorker.eval_nll, [(s,) for s in shards])
         total, count = map(sum, zip(*results))
         return total / max(count, 1)
 
     def greedy_accuracy(self, pairs: list[tuple[list[int], list[int]]]) -> float:
         """Fraction of (prompt, target) pairs that greedy decoding reproduces; ranks split them."""
         n = len(self.group)
-        matches = self.group.call_each("greedy_matches", [(pairs[r::n],) for r in range(n)])
+        matches = self.group.call_each(TrainerWorker.greedy_matches, [(pairs[r::n],) for r in range(n)])
         return sum(matches) / max(len(pairs), 1)
 
     def save_state(self, checkpoint_dir: str) -> None:
-        self.group.call_all("save_state", checkpoint_dir)
+        self.group.call_all(TrainerWorker.save_state, checkpoint_dir)
 
     def load_state(self, checkpoint_dir: str) -> None:
-        self.group.call_all("load_state", checkpoint_dir)
+        self.group.call_all(TrainerWorker.load_state, checkpoint_dir)
 
     def save_hf(self, out_dir: str) -> str:
-        return self.group.call_all("save_hf", out_dir)[0]
+        return self.group.call_all(TrainerWorker.save_hf, out_dir)[0]
 
     def shutdown(self) -> None:
         self.group.shutdown()

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from rl_pipeline.workers.trainer.engine import collate
+from rl_pipeline.workers.trainer.engine import TrainerEngine, collate
 
 
 class GRPOSteps:
-    """TrainerWorker mixin (needs TrainerEngine's engine, tokenizer, _accumulate and _set_lr)."""
+    """TrainerWorker's GRPO part. Owns the sampling temperature of the batch being trained on and
+    the algorithm object built from the driver's AlgorithmSpec; the engine is `core`'s."""
+
+    def __init__(self, core: TrainerEngine) -> None:
+        self.core = core
+        self.temperature = 1.0  # of the rollouts being trained on; grpo_step sets it
+        self._objective_spec, self._objective_built = None, None
 
     def grpo_step(self, mini_batches: list[tuple[list[list[dict]], tuple[float, float]]], algorithm, step: int,
                   inner_epochs: int = 1, temperature: float = 1.0) -> dict:
@@ -30,33 +36,34 @@ class GRPOSteps:
         from rl_pipeline.algorithms.grpo import LossNormaliser
         from rl_pipeline.batch import collate_grpo
 
+        core, engine = self.core, self.core.engine
         self.temperature = temperature
         objective = self._objective(algorithm)
-        lr = self._set_lr(step)
-        pad = self.tokenizer.pad_token_id
-        batches = [([collate_grpo(rows, pad, self.engine.device) for rows in micro], LossNormaliser(*norm))
+        lr = core.set_lr(step)
+        pad = core.tokenizer.pad_token_id
+        batches = [([collate_grpo(rows, pad, engine.device) for rows in micro], LossNormaliser(*norm))
                    for micro, norm in mini_batches]
         if inner_epochs * len(batches) > 1:
             with torch.no_grad():
-                self.engine.eval()
+                engine.eval()
                 for micro, _ in batches:
                     for batch in micro:
                         batch["old_logp"] = self._logprobs(batch)[0]
-        self.engine.train()
+        engine.train()
         shares: dict[str, float] = {}
         gap = _LogprobGap()
         for epoch in range(inner_epochs):
             for micro, norm in batches:
                 check = gap if epoch == 0 else None
-                self._accumulate(micro, lambda b, n=norm, c=check: self._grpo_micro_loss(b, n, objective, shares, c))
+                core.accumulate(micro, lambda b, n=norm, c=check: self._grpo_micro_loss(b, n, objective, shares, c))
         updates = inner_epochs * len(batches)
-        return {"shares": {k: v / updates for k, v in shares.items()}, "grad_norm": self._grad_norm(), "lr": lr,
+        return {"shares": {k: v / updates for k, v in shares.items()}, "grad_norm": core.grad_norm(), "lr": lr,
                 **gap.result()}
 
     def _objective(self, spec):
         """The spec's algorithm object, built on this rank (a user's file is imported here too) and
         kept while the driver sends the same spec."""
-        if getattr(self, "_objective_spec", None) == spec:
+        if self._objective_spec == spec:
             return self._objective_built
         self._objective_spec, self._objective_built = spec, spec.build()
         return self._objective_built
@@ -65,7 +72,7 @@ class GRPOSteps:
         """Completion-token logprobs (and entropies) of a collated GRPO micro-batch at self.temperature."""
         from rl_pipeline.models.logprobs import sequence_logprobs
 
-        return sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"], with_entropy,
+        return sequence_logprobs(self.core.engine, batch["input_ids"], None, batch["position_ids"], with_entropy,
                                  temperature=self.temperature, positions=batch["mask"])
 
     def _grpo_micro_loss(self, batch: dict, norm, objective, shares: dict, sync_check) -> torch.Tensor:
@@ -86,9 +93,10 @@ class GRPOSteps:
         """LoRA's reference: completion logprobs of the frozen base (adapters off) on this rank."""
         from rl_pipeline.models.logprobs import completion_logprobs
 
-        self.engine.eval()
-        with self.engine.module.disable_adapter():
-            return completion_logprobs(self.engine, self.tokenizer.pad_token_id, self.engine.device, rows,
+        engine = self.core.engine
+        engine.eval()
+        with engine.module.disable_adapter():
+            return completion_logprobs(engine, self.core.tokenizer.pad_token_id, engine.device, rows,
                                        micro_batch_size, temperature)
 
     @torch.no_grad()
@@ -97,11 +105,12 @@ class GRPOSteps:
         sampler/trainer gap check): rows hold prompt_ids and completion_ids."""
         from rl_pipeline.models.logprobs import sequence_logprobs
 
-        self.engine.eval()
+        engine = self.core.engine
+        engine.eval()
         sequences = [r["prompt_ids"] + r["completion_ids"] for r in rows]
         samples = [{"input_ids": ids, "loss_mask": [0] * len(ids)} for ids in sequences]
-        batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
-        logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"],
+        batch = collate(samples, self.core.tokenizer.pad_token_id, engine.device)
+        logp, _ = sequence_logprobs(engine, batch["input_ids"], None, batch["position_ids"],
                                     temperature=temperature)
         logp = logp.float().cpu()
         out = []

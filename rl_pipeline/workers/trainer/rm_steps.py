@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from rl_pipeline.workers.trainer.engine import TrainerEngine
+
 
 def collate_pairs(pairs: list[dict], pad_id: int, device) -> dict[str, torch.Tensor]:
     """Chosen sides then rejected sides, right-padded, with the attention mask the classifier
@@ -27,11 +29,15 @@ def collate_pairs(pairs: list[dict], pad_id: int, device) -> dict[str, torch.Ten
 
 
 class RewardModelSteps:
-    """TrainerWorker mixin (needs TrainerEngine's engine, tokenizer and _accumulate)."""
+    """TrainerWorker's reward-model part: no state of its own, the rank's engine is `core`'s."""
+
+    def __init__(self, core: TrainerEngine) -> None:
+        self.core = core
 
     def _pair_rewards(self, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch = collate_pairs(pairs, self.tokenizer.pad_token_id, self.engine.device)
-        rewards = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        engine = self.core.engine
+        batch = collate_pairs(pairs, self.core.tokenizer.pad_token_id, engine.device)
+        rewards = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
         rewards = rewards.float()
         return rewards[: len(pairs)], rewards[len(pairs):], batch["margin"]
 
@@ -40,7 +46,7 @@ class RewardModelSteps:
         """One optimiser step over this rank's micro-batches of pairs; returns this rank's sums."""
         from rl_pipeline.algorithms.rm import pair_counts, rm_loss
 
-        self.engine.train()
+        self.core.engine.train()
         totals = {"loss_share": 0.0, "correct": 0.0, "margin_sum": 0.0, "reward_sum": 0.0, "pairs": 0, "tokens": 0}
 
         def loss_of(pairs: list[dict]) -> torch.Tensor:
@@ -52,8 +58,8 @@ class RewardModelSteps:
             totals["tokens"] += sum(len(p["chosen"]) + len(p["rejected"]) for p in pairs)
             return loss
 
-        self._accumulate(micro_batches, loss_of)
-        return {**totals, "grad_norm": self._grad_norm(), "lr": self.engine.get_lr()[0]}
+        self.core.accumulate(micro_batches, loss_of)
+        return {**totals, "grad_norm": self.core.grad_norm(), "lr": self.core.engine.get_lr()[0]}
 
     @torch.no_grad()
     def rm_eval(self, micro_batches: list[list[dict]]) -> dict:
@@ -61,7 +67,7 @@ class RewardModelSteps:
         pairs ranked right, reward margin, pair count."""
         from rl_pipeline.algorithms.rm import bradley_terry_losses, pair_counts
 
-        self.engine.eval()
+        self.core.engine.eval()
         totals = {"loss_sum": 0.0, "correct": 0.0, "margin_sum": 0.0, "reward_sum": 0.0, "pairs": 0}
         for pairs in micro_batches:
             chosen, rejected, _ = self._pair_rewards(pairs)

@@ -9,30 +9,34 @@ from __future__ import annotations
 
 import torch
 
-from rl_pipeline.workers.trainer.engine import collate
+from rl_pipeline.workers.trainer.engine import TrainerEngine, collate
 
 
 class SFTSteps:
-    """TrainerWorker mixin (needs TrainerEngine's engine, tokenizer and _accumulate)."""
+    """TrainerWorker's SFT part: it keeps no state of its own, the rank's engine is `core`'s."""
+
+    def __init__(self, core: TrainerEngine) -> None:
+        self.core = core
 
     def sft_step(self, micro_batches: list[list[dict]], global_target_tokens: int) -> dict:
         """One optimiser step over this rank's micro-batches; returns this rank's loss share."""
         from rl_pipeline.algorithms.sft import sft_loss
         from rl_pipeline.models.logprobs import sequence_logprobs
 
-        self.engine.train()
+        core, engine = self.core, self.core.engine
+        engine.train()
         totals = {"loss_share": 0.0, "tokens": 0}
 
         def loss_of(samples: list[dict]) -> torch.Tensor:
-            batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
-            logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"])
+            batch = collate(samples, core.tokenizer.pad_token_id, engine.device)
+            logp, _ = sequence_logprobs(engine, batch["input_ids"], None, batch["position_ids"])
             loss = sft_loss(logp, batch["loss_mask"], global_target_tokens)
             totals["loss_share"] += loss.item()
             totals["tokens"] += sum(len(s["input_ids"]) for s in samples)
             return loss
 
-        self._accumulate(micro_batches, loss_of)
-        return {**totals, "grad_norm": self._grad_norm(), "lr": self.engine.get_lr()[0]}
+        core.accumulate(micro_batches, loss_of)
+        return {**totals, "grad_norm": core.grad_norm(), "lr": engine.get_lr()[0]}
 
     @torch.no_grad()
     def eval_nll(self, micro_batches: list[list[dict]]) -> tuple[float, int]:
@@ -40,11 +44,12 @@ class SFTSteps:
         from rl_pipeline.algorithms.sft import count_target_tokens, masked_nll_sum
         from rl_pipeline.models.logprobs import sequence_logprobs
 
-        self.engine.eval()
+        core, engine = self.core, self.core.engine
+        engine.eval()
         total, count = 0.0, 0
         for samples in micro_batches:
-            batch = collate(samples, self.tokenizer.pad_token_id, self.engine.device)
-            logp, _ = sequence_logprobs(self.engine, batch["input_ids"], None, batch["position_ids"])
+            batch = collate(samples, core.tokenizer.pad_token_id, engine.device)
+            logp, _ = sequence_logprobs(engine, batch["input_ids"], None, batch["position_ids"])
             total += float(masked_nll_sum(logp, batch["loss_mask"]))
             count += count_target_tokens(batch["loss_mask"])
         return total, count
@@ -55,7 +60,8 @@ class SFTSteps:
         exactly; needs the full weights on the rank (ZeRO stage <= 2)."""
         from rl_pipeline.models.generate import greedy_exact_matches
 
-        self.engine.eval()
-        return greedy_exact_matches(self.engine.module, pairs, self.tokenizer.pad_token_id,
-                                    self.tokenizer.eos_token_id, self.spec.trainer.micro_batch_size, self.engine.device)
+        core, engine = self.core, self.core.engine
+        engine.eval()
+        return greedy_exact_matches(engine.module, pairs, core.tokenizer.pad_token_id,
+                                    core.tokenizer.eos_token_id, core.spec.trainer.micro_batch_size, engine.device)
 
