@@ -195,3 +195,31 @@ def test_mini_batches_split_the_rows_and_count_each_part_on_its_own():
         lengths = [len(row["input_ids"]) - 1 for rank in shards for micro in rank for row in micro]
         assert norm.sequences == 4 and norm.tokens == sum(lengths)
     assert sum(norm.tokens for _, norm in parts) == sum(range(1, 13))
+
+
+def test_the_weight_senders_send_what_their_meta_announces(trainer):
+    """The trainer rank's sender parts, reached by typed calls: the tensors the GPU transports send
+    (NCCL and CUDA IPC iterate `sync_tensors`) match, name for name, the dtypes and shapes that
+    `weight_meta` announces to the receivers (NCCL allocates its buffers from it), and the object
+    store's export holds exactly those tensors. The hybrid engine's memory switches answer (no-ops
+    on CPU ranks) and the NCCL part owns no group before one is built."""
+    import io
+
+    import ray
+
+    from rl_pipeline.remote import call
+    from rl_pipeline.workers.trainer import TrainerWorker
+
+    rank0 = trainer.group.actors[0]
+    meta = ray.get(call(rank0, TrainerWorker.weight_meta))
+    sent = ray.get(rank0.__ray_call__.remote(
+        lambda worker: [(name, str(t.dtype).removeprefix("torch."), list(t.shape))
+                        for name, t in worker.weights.tensors.sync_tensors()]))
+    assert sent == list(zip(meta["names"], meta["dtype_names"], meta["shapes"]))
+    assert meta["bytes"] == sum(torch.Size(s).numel() * 4 for s in meta["shapes"])  # float32 on CPU
+    exported = torch.load(io.BytesIO(ray.get(trainer.export_weights())), weights_only=True)
+    assert sorted(exported) == sorted(meta["names"])
+    assert ray.get(rank0.__ray_call__.remote(lambda worker: worker.weights.nccl._nccl_group)) is None
+    switched = trainer.offload(["optim_states"]) | trainer.onload()
+    assert switched["moved"] is False and trainer.gpu_memory() == {
+        "allocated_gib": 0.0, "reserved_gib": 0.0, "peak_gib": 0.0, "device_used_gib": 0.0}
