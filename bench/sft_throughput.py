@@ -15,9 +15,10 @@ round trip included; the table uses sum(tokens) / sum(step_seconds)); the wall-c
 by the driver (logging and progress included) is printed beside it, and so is start-up (call of
 train_sft until step 1 is in metrics.jsonl). Each system runs in its own subprocess, in a
 rotated order each repeat, since the 2-core machine is shared; load averages are printed.
-All three run with OMP_NUM_THREADS=1 by default: a rank gets 0.5 CPU from Ray, which sets 1, and
-on a loaded 2-core machine two OpenMP threads were 5-10x slower, swamping everything else
-(`--threads 0` leaves each system its own default to show that).
+All three run with one thread by default (OMP_NUM_THREADS=1, and trainer.cpu_threads=1 for rlp):
+on a loaded 2-core machine two OpenMP threads were 5-10x slower, swamping everything else.
+`--threads 0` leaves each system its own default: torch's (all cores) for the plain loop and TRL,
+and for `rlp sft` trainer.cpu_threads' (a rank training alone takes the machine's cores).
 
     .venv/bin/pip install trl==1.16.0   # once
     .venv/bin/python bench/sft_throughput.py [--steps 40] [--warmup 10] [--micro-batch 64] [--repeats 2] [--threads 1]
@@ -40,7 +41,7 @@ SYSTEMS = ("rlp sft", "plain DeepSpeed", "TRL SFTTrainer")
 LR, MAX_LENGTH, SEED = 1e-3, 32, 0
 
 
-def make_recipe(work: Path, steps: int, micro_batch: int):
+def make_recipe(work: Path, steps: int, micro_batch: int, threads: int = 0):
     from rl_pipeline.config import parse_recipe
 
     return parse_recipe({
@@ -49,7 +50,8 @@ def make_recipe(work: Path, steps: int, micro_batch: int):
                  "max_length": MAX_LENGTH},
         "trainer": {"num_ranks": 1, "zero_stage": 2, "device": "cpu", "precision": "fp32",
                     "micro_batch_size": micro_batch, "grad_accum_steps": 1, "lr": LR, "min_lr": LR,
-                    "schedule": "constant", "betas": [0.9, 0.98], "grad_clip": 1.0},
+                    "schedule": "constant", "betas": [0.9, 0.98], "grad_clip": 1.0,
+                    "cpu_threads": threads or None},  # None: rlp's own choice (the cores of the machine)
         "sft": {"max_steps": steps, "log_every": 1, "seed": SEED},
     })
 
@@ -72,7 +74,7 @@ def run_rlp(work: Path, args, tag: str) -> dict:
     watcher = threading.Thread(target=watch, daemon=True)
     t0 = time.perf_counter()
     watcher.start()
-    train_sft(make_recipe(work, args.steps, args.micro_batch), run_dir=run_dir)
+    train_sft(make_recipe(work, args.steps, args.micro_batch, args.threads), run_dir=run_dir)
     stop.set()
     watcher.join()
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -85,8 +87,8 @@ def run_rlp(work: Path, args, tag: str) -> dict:
         "wall_tokens_per_s": sum(tokens[args.warmup:]) / (seen[last] - seen[first]) if first in seen else None,
         "startup_s": seen[1] - t0, "first_step_s": rows[0]["step_seconds"],
         "final_loss": rows[-1]["loss"],
-        # A rank asks Ray for trainer.cpus_per_rank=0.5 CPU, so Ray sets OMP_NUM_THREADS=1 unless it is set.
-        "threads": os.environ.get("OMP_NUM_THREADS", "1 (Ray's default for a 0.5-CPU actor)"),
+        # trainer.cpu_threads: --threads, or (0) rlp's default for a rank training alone: the machine's cores.
+        "threads": args.threads or f"{len(os.sched_getaffinity(0))} (trainer.cpu_threads default)",
     }
 
 
@@ -184,7 +186,8 @@ def child(args) -> None:
 def measure(system: str, work: Path, args, tag: str) -> dict:
     result, log = work / f"result-{tag}.json", work / f"log-{tag}.txt"
     cmd = [sys.executable, __file__, "--system", system, "--work", str(work), "--tag", tag, "--result", str(result),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch)]
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch),
+           "--threads", str(args.threads)]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     load = os.getloadavg()[0]
     with log.open("w") as out:

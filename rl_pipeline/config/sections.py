@@ -116,6 +116,12 @@ class TrainerConfig(Section):
     lora: LoraConfig | None = Field(None, description="train low-rank adapters on a frozen base instead of every weight")
     cpus_per_rank: float = Field(0.5, ge=0)
     gpus_per_rank: float = Field(0.0, ge=0)
+    cpu_threads: int | None = Field(
+        None, ge=1,
+        description="torch threads of each CPU rank; None: the cores shared among the ranks when they train alone "
+        "(SFT, RM, synchronous GRPO), else one (grpo.overlap_generation: engines generate meanwhile), as Ray "
+        "starts actors (OMP_NUM_THREADS=1)",
+    )
 
     @model_validator(mode="after")
     def _min_lr_below_lr(self) -> "TrainerConfig":

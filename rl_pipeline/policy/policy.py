@@ -63,7 +63,10 @@ class Policy:
         try:
             # The trainer's start-up needs the card the engines just took.
             startup = HybridEngine.engines_sleep_for_startup(policy.engines, sleep_level) if hybrid else []
-            spec = TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed, schedule_unit="grpo_step")
+            # Synchronous GRPO trains while the engines, rewards and reference wait: a CPU rank may
+            # take the cores then; generating the next batch meanwhile (overlap) leaves it one.
+            spec = TrainerSpec(recipe.model, recipe.trainer, total_steps, recipe.grpo.seed, schedule_unit="grpo_step",
+                               alone=not recipe.grpo.overlap_generation)
             policy.trainer = TrainerGroup.start(spec, placement=plan.trainer)
         except BaseException:
             policy.shutdown()

@@ -39,6 +39,10 @@ class TrainerSpec:
     # "causal_lm": the model of model.path as it is (SFT, GRPO). "scalar": a sequence classifier
     # with one output (a reward model, `rlp rm`); a causal-LM checkpoint gets a new score head.
     head: Literal["causal_lm", "scalar"] = "causal_lm"
+    # True when the ranks are the only busy processes while they train (SFT, RM, synchronous
+    # GRPO): a CPU rank then takes its share of the cores. False when engines generate meanwhile
+    # (grpo.overlap_generation): one thread each.
+    alone: bool = True
 
 
 def pick_device(requested: str) -> str:
@@ -145,6 +149,7 @@ class TrainerEngine:
             # DeepSpeed JIT-compiles a shared-memory allreduce op (~1 min of g++) when its comm
             # backend starts; only its inference allreduce uses it, training goes through gloo.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+            torch.set_num_threads(cpu_threads(cfg.cpu_threads, self.world_size, self.spec.alone))
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo")
         seed_everything(self.spec.seed + self.rank)
         self.tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, model_cfg.trust_remote_code)
@@ -265,6 +270,16 @@ def adapter_dir(model_dir: str | Path) -> Path:
     path = Path(model_dir)
     return path.with_name(path.name.replace("model", "adapter") if "model" in path.name else path.name + "_adapter")
 
+
+
+def cpu_threads(configured: int | None, ranks: int, alone: bool) -> int:
+    """torch threads of a CPU rank: `configured`; else, for ranks that are the only busy processes,
+    this process's cores shared among `ranks` (Ray starts actors with OMP_NUM_THREADS=1, and an SFT
+    rank alone on 2 cores used one: 0.29 -> 0.19 s a step with two); else one. OpenMP threads on
+    cores that other processes keep busy wait for each other (5-10x slower: bench/sft_throughput.py)."""
+    if configured:
+        return configured
+    return max(1, len(os.sched_getaffinity(0)) // max(ranks, 1)) if alone else 1
 
 
 def seed_everything(seed: int) -> None:
