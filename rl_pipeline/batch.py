@@ -32,6 +32,7 @@ class GRPOSample:
     teacher_logprobs: list[float] | None = None  # on-policy distillation: the teacher's, at the sampling T
     loss_mask: list[int] | None = None  # per completion id: 0 = not sampled (a tool result); None = all 1
     policy_version: int = 0  # the policy version that sampled it (rl_pipeline/policy)
+    shown: dict | None = None  # what a sample log shows beside the ids: texts, reward components (pipelines/samples.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.advantage, list):  # a sequence's advantage holds for each of its tokens
@@ -117,6 +118,7 @@ def build_batch(
     *,
     keep_groups: list[bool] | None = None,
     mask_truncated: bool = False,
+    shown: list[dict] | None = None,
 ) -> GRPOBatch:
     """B prompts with G completions each -> a batch of training rows.
 
@@ -124,7 +126,7 @@ def build_batch(
     advantages, see algorithms/grpo.group_advantages); groups whose `keep_groups` entry is False
     are left out (counted in groups_dropped). `completions[b][g]` has token_ids, logprobs and
     truncated (a rollout Completion), and a loss_mask when it is a multi-turn Trajectory
-    (tool-result ids are not trained).
+    (tool-result ids are not trained). `shown[i]`, if given, rides along for the sample log.
     """
     group_size = len(completions[0])
     keep = [True] * len(completions) if keep_groups is None else list(keep_groups)
@@ -140,6 +142,7 @@ def build_batch(
                 reward=float(rewards[i]), group=b, truncated=completion.truncated,
                 trained=not (mask_truncated and completion.truncated),
                 loss_mask=getattr(completion, "loss_mask", None), policy_version=completion.policy_version,
+                shown=shown[i] if shown is not None else None,
             ))
     return GRPOBatch(samples, groups_total=len(completions), groups_dropped=keep.count(False))
 

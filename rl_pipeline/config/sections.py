@@ -255,6 +255,11 @@ class GRPOConfig(Section):
     accuracy_threshold: float = Field(1.0, description="a completion is correct when that component scores >= this")
     reference_replicas: int = Field(1, ge=1, description="reference-model actors (used when kl_coef > 0)")
     save_every: EveryNSteps = Field(None, description="checkpoint every N steps; 0 or null: off")
+    log_samples_every: EveryNSteps = Field(
+        1, description="every N steps, whole groups of what the step trained on go to samples.jsonl in the run "
+        "dir (prompt, each completion with its reward components, advantage, length, finish reason, tool calls, "
+        "policy version), to TensorBoard as text and to wandb as a table; 0 or null: off")
+    log_samples_groups: int = Field(2, ge=1, description="groups per logged step (the first ones of the batch)")
     seed: int = 0
 
     @model_validator(mode="before")

@@ -1,7 +1,9 @@
 """Held-out evaluation on the rollout engines: greedy accuracy, pass@k at temperature, mean
 reward and response length. Correctness is one grading reward component scoring at least a
 threshold (pipelines/accuracy.py says which); with no grading reward, no accuracy is reported.
-`rlp eval` also says what it scored (model, data, problem count) and writes it to a JSON file."""
+`rlp eval` also says what it scored (model, data, problem count) and writes it to a JSON file, with
+the greedy answers to the first prompts (`grpo.log_samples_groups`): the same prompts at every
+evaluation of a run, so an answer can be followed from step to step (samples.jsonl, kind "eval")."""
 
 from __future__ import annotations
 
@@ -18,19 +20,34 @@ def evaluate(engines, scorer, prompts: list[Prompt], tokenizer, *, correct_compo
              k: int, temperature: float, max_tokens: int, seed: int = 0) -> dict[str, float]:
     """Metrics under `eval/`: accuracy (greedy) and pass@k when a component grades correctness,
     mean total reward and response length (greedy, tokens) always."""
+    return evaluate_with_samples(engines, scorer, prompts, correct_component=correct_component, threshold=threshold,
+                                 k=k, temperature=temperature, max_tokens=max_tokens, seed=seed)[0]
+
+
+def evaluate_with_samples(engines, scorer, prompts: list[Prompt], *, correct_component: str | None,
+                          threshold: float, k: int, temperature: float, max_tokens: int, seed: int = 0,
+                          samples: int = 0) -> tuple[dict[str, float], list[dict]]:
+    """`evaluate`'s metrics, and one row per prompt of the first `samples`: the prompt and its
+    greedy answer with reward, components, length, finish reason and whether it counts as correct."""
     ids = [p.token_ids for p in prompts]
     greedy = engines.generate(ids, n=1, temperature=0.0, max_tokens=max_tokens)
     scored = _score(scorer, prompts, greedy)
     metrics = {"eval/reward_mean": mean(scored.total),
                "eval/response_length": mean(len(group[0].token_ids) for group in greedy)}
+    correct = _correct(scored, correct_component, threshold) if correct_component is not None else None
+    rows = [{"kind": "eval", "prompt": p.text, "completions": [{
+        "text": c.text, "reward": scored.total[i], "length": len(c.token_ids), "finish_reason": c.finish_reason,
+        "components": {name: values[i] for name, values in scored.components.items()},
+        **({"correct": correct[i]} if correct is not None else {})}]}
+        for i, (p, (c,)) in enumerate(zip(prompts[:samples], greedy))]
     if correct_component is None:
-        return metrics
-    metrics["eval/accuracy"] = mean(_correct(scored, correct_component, threshold))
+        return metrics, rows
+    metrics["eval/accuracy"] = mean(correct)
     if k > 1:
         sampled = engines.generate(ids, n=k, temperature=temperature, max_tokens=max_tokens, seed=seed)
         ok = _correct(_score(scorer, prompts, sampled), correct_component, threshold)
         metrics[f"eval/pass@{k}"] = mean(any(ok[i * k : (i + 1) * k]) for i in range(len(prompts)))
-    return metrics
+    return metrics, rows
 
 
 def _score(scorer, prompts: list[Prompt], completions):
@@ -56,6 +73,7 @@ class EvalResult:
     accuracy: str  # what eval/accuracy means, in words
     metrics: dict[str, float]
     time: str
+    samples: list[dict]  # the greedy answers to the first prompts (grpo.log_samples_groups of them)
 
 
 def run_eval(recipe, model_path: str | None = None) -> dict[str, float]:
@@ -83,16 +101,16 @@ def evaluate_model(recipe, model_path: str | None = None) -> EvalResult:
         engines = RolloutGroup.start(recipe.model.path, recipe.rollout, g.seed, recipe.cluster.placement_strategy)
         scorer = RewardService.start(recipe.rewards)
         try:
-            metrics = evaluate(engines, scorer, inputs.eval, inputs.tokenizer,
-                               correct_component=inputs.correct_component, threshold=g.accuracy_threshold,
-                               k=g.eval_samples, temperature=recipe.rollout.temperature,
-                               max_tokens=recipe.rollout.max_tokens, seed=g.seed)
+            metrics, samples = evaluate_with_samples(
+                engines, scorer, inputs.eval, correct_component=inputs.correct_component,
+                threshold=g.accuracy_threshold, k=g.eval_samples, temperature=recipe.rollout.temperature,
+                max_tokens=recipe.rollout.max_tokens, seed=g.seed, samples=g.log_samples_groups)
         finally:
             scorer.shutdown()
             engines.shutdown()
     return EvalResult(recipe.model.path, recipe.data.eval.path, len(inputs.eval),
                       accuracy_meaning(inputs.correct_component, g.accuracy_threshold), metrics,
-                      time.strftime("%Y-%m-%dT%H:%M:%S"))
+                      time.strftime("%Y-%m-%dT%H:%M:%S"), samples)
 
 
 def accuracy_meaning(component: str | None, threshold: float) -> str:

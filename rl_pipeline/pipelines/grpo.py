@@ -25,8 +25,9 @@ from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
-from rl_pipeline.pipelines.evaluate import evaluate
+from rl_pipeline.pipelines.evaluate import evaluate_with_samples
 from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, check_grpo_inputs
+from rl_pipeline.pipelines.samples import as_markdown, group_rows, shown_fields, table_rows
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.policy import Policy, check_hybrid_engine
 from rl_pipeline.tracking import Tracker
@@ -146,10 +147,10 @@ def train_grpo(recipe: Recipe, run_dir: str | Path | None = None, resume: bool =
             if resumed or actors.policy.shares_gpus:  # the engines hold other weights (or none, asleep)
                 actors.policy.push()
             if not resumed and recipe.grpo.eval_every and inputs.eval:
-                tracker.log(0, _evaluate(recipe, inputs, actors, 0))  # the starting policy
+                tracker.log(0, _evaluate(recipe, inputs, actors, 0, tracker))  # the starting policy
             final_eval = _loop(recipe, inputs, actors, stream, run, tracker, start)
             if inputs.eval and not final_eval:  # the last step did not evaluate
-                final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps)
+                final_eval = _evaluate(recipe, inputs, actors, recipe.grpo.steps, tracker)
             actors.policy.save_hf(run.final_model)
         finally:
             tracker.close()
@@ -174,12 +175,16 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     try:
         with StepProgress("grpo", g.steps, start) as progress:
             for step in range(start, g.steps):
-                metrics = _step(recipe, inputs, actors, stream, step, ahead)
+                metrics, batch, timer = _step(recipe, inputs, actors, stream, step, ahead)
                 done = step + 1
                 if g.eval_every and inputs.eval and (done % g.eval_every == 0 or done == g.steps):
-                    last_eval = _evaluate(recipe, inputs, actors, done)
+                    last_eval = _evaluate(recipe, inputs, actors, done, tracker)
                     metrics.update(last_eval)
                 tracker.log(done, metrics)
+                tracker.log_spans(done, [("step", timer.wall_start, metrics["time/step"]), *timer.spans])
+                if g.log_samples_every and done % g.log_samples_every == 0:
+                    rows = group_rows(batch, done, g.log_samples_groups)
+                    tracker.log_samples(done, rows, as_markdown(rows), table_rows(rows))
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
                     run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
@@ -195,15 +200,16 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
 
 
 def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, step: int,
-          ahead: RolloutAhead | None = None) -> dict:
+          ahead: RolloutAhead | None = None) -> tuple[dict, GRPOBatch, PhaseTimer]:
     """One GRPO step: rollouts -> rewards -> batch -> (reference) -> train -> weight sync.
+    Returns the step's metrics, the batch it trained on and its phase timer (the timeline's spans).
 
     With `ahead` (grpo.overlap_generation) the rollouts were collected during the last step and
     the next step's are collected while this one trains."""
     g, timer = recipe.grpo, PhaseTimer()
     if ahead is not None and ahead.ready is not None:
         batch, metrics, collected = ahead.take()
-        timer.add_overlapped(collected.seconds)
+        timer.add_overlapped(collected)
     else:
         batch, metrics = _collect_batch(recipe, inputs, actors, stream, step, timer)
     batch = batch.trimmed_to_multiple(recipe.trainer.num_ranks)
@@ -211,7 +217,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     if len(batch.samples) == 0:
         log.warning("step %d: every group had equal rewards; nothing to train on", step + 1)
         metrics["train/skipped"] = 1.0
-        return {**metrics, **timer.metrics()}
+        return {**metrics, **timer.metrics()}, batch, timer
     if ahead is not None and step + 1 < g.steps:
         ahead.start(step + 1, stream.position)
     actors.policy.hand_to_trainer(timer, metrics)
@@ -237,7 +243,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     timings = timer.metrics()
     trained_tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.samples)
     metrics["throughput/tokens_per_s"] = trained_tokens / timings["time/step"]
-    return {**metrics, **timings}
+    return {**metrics, **timings}, batch, timer
 
 
 def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStream, step: int,
@@ -263,8 +269,9 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
         rewards = torch.tensor(scored.total, dtype=torch.float64)
         advantages = inputs.algorithm.advantages(rewards, g.group_size)
         keep = (~flat_groups(rewards, g.group_size)).tolist() if drop_flat else None
+        shown = shown_fields([p.text for p in prompts for _ in range(g.group_size)], flat, scored.components)
         batches.append(build_batch([p.token_ids for p in prompts], completions, scored.total, advantages.tolist(),
-                                   keep_groups=keep, mask_truncated=g.mask_truncated))
+                                   keep_groups=keep, mask_truncated=g.mask_truncated, shown=shown))
         if round_ == 0:
             metrics = _rollout_stats(flat, scored, inputs.correct_component, g.accuracy_threshold,
                                      timer.seconds["generate"])
@@ -372,11 +379,17 @@ def _padding_share(mini_batches: list[tuple[list, object]]) -> float:
     return 1.0 - real / max(padded, 1)
 
 
-def _evaluate(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, step: int) -> dict:
-    t0 = time.perf_counter()
-    metrics = evaluate(actors.sampler or actors.engines, actors.scorer, inputs.eval, inputs.tokenizer,
-                       correct_component=inputs.correct_component, threshold=recipe.grpo.accuracy_threshold,
-                       k=recipe.grpo.eval_samples, temperature=recipe.rollout.temperature,
-                       max_tokens=recipe.rollout.max_tokens, seed=recipe.grpo.seed + step)
+def _evaluate(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, step: int, tracker: Tracker) -> dict:
+    """Held-out metrics after `step` steps; the greedy answers to the first eval prompts go to the
+    sample log (the same prompts every time, so a user can follow one across the run)."""
+    g, t0, wall = recipe.grpo, time.perf_counter(), time.time()
+    metrics, rows = evaluate_with_samples(
+        actors.sampler or actors.engines, actors.scorer, inputs.eval, correct_component=inputs.correct_component,
+        threshold=g.accuracy_threshold, k=g.eval_samples, temperature=recipe.rollout.temperature,
+        max_tokens=recipe.rollout.max_tokens, seed=g.seed + step,
+        samples=g.log_samples_groups if g.log_samples_every else 0)
     metrics["time/eval"] = time.perf_counter() - t0
+    tracker.log_spans(step, [("eval", wall, metrics["time/eval"])])
+    rows = [{"step": step, **row} for row in rows]
+    tracker.log_samples(step, rows, as_markdown(rows), table_rows(rows))
     return metrics

@@ -8,27 +8,34 @@ import time
 
 
 class PhaseTimer:
-    """Wall time per named phase of a step; what no phase covers is reported as `other`."""
+    """Wall time per named phase of a step; what no phase covers is reported as `other`. Each
+    phase is also kept as a span (phase, wall-clock start, seconds) for the run's timeline."""
 
     def __init__(self) -> None:
         self.start, self.seconds, self.overlapped = time.perf_counter(), {}, {}
+        self.wall_start = time.time()
+        self.spans: list[tuple[str, float, float]] = []
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
-        t0 = time.perf_counter()
+        t0, wall = time.perf_counter(), time.time()
         try:
             yield
         finally:
-            self.add(phase, time.perf_counter() - t0)
+            self.add(phase, time.perf_counter() - t0, at=wall)
 
-    def add(self, phase: str, seconds: float) -> None:
-        """Count `seconds` of this thread's step as `phase` (e.g. what an actor reports it spent)."""
+    def add(self, phase: str, seconds: float, at: float | None = None) -> None:
+        """Count `seconds` of this thread's step as `phase` (e.g. what an actor reports it spent);
+        `at`, the wall-clock start where known, puts it on the timeline."""
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+        if at is not None:
+            self.spans.append((phase, at, seconds))
 
-    def add_overlapped(self, seconds: dict[str, float]) -> None:
+    def add_overlapped(self, other: "PhaseTimer") -> None:
         """Phases another thread ran while this one worked: reported, not counted against `other`."""
-        for phase, value in seconds.items():
+        for phase, value in other.seconds.items():
             self.overlapped[phase] = self.overlapped.get(phase, 0.0) + value
+        self.spans.extend(other.spans)
 
     def metrics(self) -> dict[str, float]:
         total = time.perf_counter() - self.start

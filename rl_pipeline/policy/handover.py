@@ -61,7 +61,8 @@ class HybridEngine:
     def _record(self, name: str, result: dict, timer, phase: str) -> dict:
         self.events.append((name, result["at"]))
         if timer is not None:
-            timer.add(phase, result["seconds"])
+            # The actor's own clock: "at" is when the switch ended there.
+            timer.add(phase, result["seconds"], at=result["at"] - result["seconds"])
         return result
 
     @staticmethod

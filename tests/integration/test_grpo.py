@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
+import rewards as rewards_registry
 import rl_pipeline.pipelines.grpo as grpo_driver
 from rl_pipeline.algorithms.schedule import lr_at
 from rl_pipeline.config import parse_recipe
@@ -69,8 +71,8 @@ def test_three_steps_sync_exactly_and_log_every_field(ray_local, partly_trained_
         evaluations.append(kwargs["seed"])
         return evaluate(*args, **kwargs)
 
-    evaluate = grpo_driver.evaluate
-    monkeypatch.setattr(grpo_driver, "evaluate", counted_evaluate)
+    evaluate = grpo_driver.evaluate_with_samples
+    monkeypatch.setattr(grpo_driver, "evaluate_with_samples", counted_evaluate)
     result = train_grpo(parse_recipe(raw), run_dir=tmp_path / "run")
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # step 0: evaluation of the starting policy
@@ -85,9 +87,61 @@ def test_three_steps_sync_exactly_and_log_every_field(ray_local, partly_trained_
         # Every completion was sampled by the weights of the step before: version lag 0.
         assert (row["policy/version"], row["rollout/policy_version_lag"]) == (row["step"], 0.0)
     assert "eval/accuracy" in rows[0] and "eval/pass@4" in rows[-1]
+    _samples_hold_what_each_step_trained_on(result.run_dir, task_dir, steps=3, group_size=4)
+    _timeline_spans_nest_in_their_steps(result.run_dir, steps=3)
     before = load_file(str(partly_trained_model / "model.safetensors"))
     after = load_file(str(result.final_model / "model.safetensors"))
     assert max(float((before[k] - after[k]).abs().max()) for k in before) > 1e-6, "the policy did not change"
+
+
+def _samples_hold_what_each_step_trained_on(run_dir: Path, task_dir: Path, steps: int, group_size: int) -> None:
+    """samples.jsonl (grpo.log_samples_every 1, 2 groups): per step two whole groups of the task's
+    prompts; each completion's reward is the math reward of its text against the prompt's answer,
+    and the advantages are the group's (r - mean) / (unbiased std + eps), as the step trained on."""
+    import json
+
+    from rl_pipeline.algorithms.grpo import group_advantages
+
+    answers = {r["prompt"]: r["ground_truth"] for r in map(json.loads, (task_dir / "train.jsonl").open())}
+    math = rewards_registry.get("math", answer_after=None)
+    logged = read_metrics(run_dir / "samples.jsonl")
+    rows = [r for r in logged if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [s for s in range(1, steps + 1) for _ in range(2)]
+    # Each evaluation's greedy answers to the same first two held-out prompts, graded.
+    held_out = [r for r in logged if r["kind"] == "eval"]
+    assert [r["step"] for r in held_out] == [0, 0, steps, steps]
+    assert [r["prompt"] for r in held_out[:2]] == [r["prompt"] for r in held_out[2:]]
+    assert all(r["completions"][0]["correct"] == (r["completions"][0]["reward"] == 1.0) for r in held_out)
+    for row in rows:
+        group = row["completions"]
+        assert len(group) == group_size and row["prompt"] in answers
+        texts, rewards = [c["text"] for c in group], [c["reward"] for c in group]
+        assert rewards == math([row["prompt"]] * group_size, texts, ground_truth=[answers[row["prompt"]]] * group_size)
+        assert [c["components"]["math"] for c in group] == rewards
+        expected = group_advantages(torch.tensor(rewards, dtype=torch.float64), group_size).tolist()
+        assert [c["advantage"] for c in group] == pytest.approx(expected, abs=1e-9)
+        assert all(c["length"] > 0 and c["finish_reason"] in ("stop", "length") for c in group)
+        assert {c["policy_version"] for c in group} == {row["step"] - 1}
+
+
+def _timeline_spans_nest_in_their_steps(run_dir: Path, steps: int) -> None:
+    """timeline.json is Chrome trace events: per step one driver span, and the phases of the step
+    (generate, reward, reference, train, sync) on their roles' tracks, inside the step's span."""
+    import json
+
+    events = json.loads((run_dir / "timeline.json").read_text())
+    tracks = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    spans = [e for e in events if e.get("ph") == "X"]
+    for step in range(1, steps + 1):
+        (whole,) = [e for e in spans if e["args"]["step"] == step and e["name"] == "step"]
+        inside = {e["name"]: e for e in spans if e["args"]["step"] == step and e["name"] not in ("step", "eval")}
+        assert {"generate", "reward", "reference", "train", "sync"} <= set(inside), sorted(inside)
+        for e in inside.values():
+            # 1 ms of slack: starts are wall-clock times, durations perf_counter differences
+            assert whole["ts"] <= e["ts"] and e["ts"] + e["dur"] <= whole["ts"] + whole["dur"] + 1000, e
+        assert tracks[inside["train"]["tid"]] == "trainer ranks" and tracks[whole["tid"]] == "driver"
+        assert tracks[inside["generate"]["tid"]] == "rollout engines"
+    assert {e["args"]["step"] for e in spans if e["name"] == "eval"} == {0, steps}
 
 
 def test_overlapped_generation_trains_on_rollouts_one_step_old(ray_local, partly_trained_model, task_dir, tmp_path):
@@ -154,6 +208,12 @@ def test_sigkill_then_resume_ends_where_the_uninterrupted_run_ends(ray_local, pa
     resumed_rows, straight_rows = read_metrics(run_dir / "metrics.jsonl"), read_metrics(straight / "metrics.jsonl")
     assert [r["step"] for r in resumed_rows] == list(range(1, 7)), "each step must appear exactly once"
     assert [r["data/prompts_crc32"] for r in resumed_rows] == [r["data/prompts_crc32"] for r in straight_rows]
+    # The sampled completions too, each step's once: the same texts and rewards as the straight run's.
+    resumed_samples, straight_samples = ([r for r in read_metrics(d / "samples.jsonl") if r["kind"] == "train"]
+                                         for d in (run_dir, straight))
+    assert [r["step"] for r in resumed_samples] == [s for s in range(1, 7) for _ in range(2)]
+    assert ([[(c["text"], c["reward"]) for c in r["completions"]] for r in resumed_samples]
+            == [[(c["text"], c["reward"]) for c in r["completions"]] for r in straight_samples])
     a, b = _weights(run_dir), _weights(straight)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert diff < 1e-5, f"the resumed run ends {diff} away from the uninterrupted one"
