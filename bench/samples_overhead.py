@@ -79,7 +79,8 @@ def main() -> None:
             "data": {"train": {"path": str(work / "task" / "train.jsonl"), "format": "prompt_completion"},
                      "max_length": 32},
             "trainer": {"micro_batch_size": 128, "lr": 1e-3, "min_lr": 1e-3, "warmup_steps": 100},
-            "sft": {"max_steps": args.sft_steps}, "tracking": {"tensorboard": False}}), run_dir=work / "sft").final_model
+            "sft": {"max_steps": args.sft_steps}, "tracking": {"tensorboard": False}}),
+            run_dir=work / "sft").final_model
         results = {}
         for label, every in (("samples + timeline", 1), ("timeline only", 0)):
             spent["seconds"] = 0.0

@@ -84,6 +84,7 @@ class NcclSender:
             return 0.0
         from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
 
-        NCCLWeightTransferEngine.trainer_send_weights(self.tensors.sync_tensors(), {"group": self._nccl_group, "packed": True})
+        NCCLWeightTransferEngine.trainer_send_weights(self.tensors.sync_tensors(),
+                                                      {"group": self._nccl_group, "packed": True})
         torch.cuda.synchronize()
         return time.perf_counter() - start
