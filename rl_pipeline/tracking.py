@@ -65,8 +65,9 @@ class Tracker:
             self._wandb.log(row, step=step)
 
     def log_samples(self, step: int, rows: list[dict], text: str, table: tuple[list[str], list[list]]) -> None:
-        """Sampled completions of step `step`: `rows` (one JSON object each) to samples.jsonl, `text`
-        (markdown) to TensorBoard, `table` (columns, data) to wandb (pipelines/samples.py builds them)."""
+        """Sampled completions of step `step`: `rows` (one JSON object each, stamped with the step here)
+        to samples.jsonl, `text` (markdown) to TensorBoard, `table` (columns, data) to wandb
+        (pipelines/samples.py builds them)."""
         if not rows:
             return
         if self._samples is None:

@@ -16,19 +16,13 @@ from statistics import mean
 from rl_pipeline.data.prompts import Prompt, columns_for
 
 
-def evaluate(engines, scorer, prompts: list[Prompt], tokenizer, *, correct_component: str | None, threshold: float,
-             k: int, temperature: float, max_tokens: int, seed: int = 0) -> dict[str, float]:
+def evaluate(engines, scorer, prompts: list[Prompt], *, correct_component: str | None, threshold: float, k: int,
+             temperature: float, max_tokens: int, seed: int = 0,
+             samples: int = 0) -> tuple[dict[str, float], list[dict]]:
     """Metrics under `eval/`: accuracy (greedy) and pass@k when a component grades correctness,
-    mean total reward and response length (greedy, tokens) always."""
-    return evaluate_with_samples(engines, scorer, prompts, correct_component=correct_component, threshold=threshold,
-                                 k=k, temperature=temperature, max_tokens=max_tokens, seed=seed)[0]
-
-
-def evaluate_with_samples(engines, scorer, prompts: list[Prompt], *, correct_component: str | None,
-                          threshold: float, k: int, temperature: float, max_tokens: int, seed: int = 0,
-                          samples: int = 0) -> tuple[dict[str, float], list[dict]]:
-    """`evaluate`'s metrics, and one row per prompt of the first `samples`: the prompt and its
-    greedy answer with reward, components, length, finish reason and whether it counts as correct."""
+    mean total reward and response length (greedy, tokens) always; and one row per prompt of the
+    first `samples`: the prompt and its greedy answer with reward, components, length, finish
+    reason and whether it counts as correct."""
     ids = [p.token_ids for p in prompts]
     greedy = engines.generate(ids, n=1, temperature=0.0, max_tokens=max_tokens)
     scored = _score(scorer, prompts, greedy)
@@ -101,7 +95,7 @@ def evaluate_model(recipe, model_path: str | None = None) -> EvalResult:
         engines = RolloutGroup.start(recipe.model.path, recipe.rollout, g.seed, recipe.cluster.placement_strategy)
         scorer = RewardService.start(recipe.rewards)
         try:
-            metrics, samples = evaluate_with_samples(
+            metrics, samples = evaluate(
                 engines, scorer, inputs.eval, correct_component=inputs.correct_component,
                 threshold=g.accuracy_threshold, k=g.eval_samples, temperature=recipe.rollout.temperature,
                 max_tokens=recipe.rollout.max_tokens, seed=g.seed, samples=g.log_samples_groups)

@@ -25,7 +25,7 @@ from rl_pipeline.checkpoint import RunDir
 from rl_pipeline.config import InputError, Recipe
 from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
-from rl_pipeline.pipelines.evaluate import evaluate_with_samples
+from rl_pipeline.pipelines.evaluate import evaluate
 from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, check_grpo_inputs
 from rl_pipeline.pipelines.samples import as_markdown, group_rows, shown_fields, table_rows
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
@@ -183,8 +183,8 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                 tracker.log(done, metrics)
                 tracker.log_spans(done, [("step", timer.wall_start, metrics["time/step"]), *timer.spans])
                 if g.log_samples_every and done % g.log_samples_every == 0:
-                    rows = group_rows(batch, done, g.log_samples_groups)
-                    tracker.log_samples(done, rows, as_markdown(rows), table_rows(rows))
+                    rows = group_rows(batch, g.log_samples_groups)
+                    tracker.log_samples(done, rows, as_markdown(rows), table_rows(done, rows))
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
                     run.save(done, actors.policy.save_state, {"stage": "grpo", "data_position": position})
@@ -383,13 +383,12 @@ def _evaluate(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, step: int, tr
     """Held-out metrics after `step` steps; the greedy answers to the first eval prompts go to the
     sample log (the same prompts every time, so a user can follow one across the run)."""
     g, t0, wall = recipe.grpo, time.perf_counter(), time.time()
-    metrics, rows = evaluate_with_samples(
+    metrics, rows = evaluate(
         actors.sampler or actors.engines, actors.scorer, inputs.eval, correct_component=inputs.correct_component,
         threshold=g.accuracy_threshold, k=g.eval_samples, temperature=recipe.rollout.temperature,
         max_tokens=recipe.rollout.max_tokens, seed=g.seed + step,
         samples=g.log_samples_groups if g.log_samples_every else 0)
     metrics["time/eval"] = time.perf_counter() - t0
     tracker.log_spans(step, [("eval", wall, metrics["time/eval"])])
-    rows = [{"step": step, **row} for row in rows]
-    tracker.log_samples(step, rows, as_markdown(rows), table_rows(rows))
+    tracker.log_samples(step, rows, as_markdown(rows), table_rows(step, rows))
     return metrics

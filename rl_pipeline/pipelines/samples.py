@@ -30,15 +30,16 @@ def shown_fields(prompt_texts: list[str], completions: list, components: dict[st
     return shown
 
 
-def group_rows(batch, step: int, groups: int) -> list[dict]:
-    """One row per group of `batch` (the first `groups` in batch order), for samples.jsonl."""
+def group_rows(batch, groups: int) -> list[dict]:
+    """One row per group of `batch` (the first `groups` in batch order), for samples.jsonl (the
+    tracker stamps the step)."""
     members: dict[int, list] = {}
     for sample in batch.samples:
         members.setdefault(sample.group, []).append(sample)
     rows = []
     for group, samples in list(members.items())[:groups]:
         first = samples[0].shown or {}
-        rows.append({"step": step, "kind": "train", "group": group, "prompt": first.get("prompt"),
+        rows.append({"kind": "train", "group": group, "prompt": first.get("prompt"),
                      "completions": [_completion_row(s) for s in samples]})
     return rows
 
@@ -77,10 +78,10 @@ def as_markdown(rows: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def table_rows(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """(columns, data) of a flat table, one line per completion (wandb.Table)."""
+def table_rows(step: int, rows: list[dict]) -> tuple[list[str], list[list]]:
+    """(columns, data) of a flat table of step `step`, one line per completion (wandb.Table)."""
     columns = ["step", "kind", "group", "prompt", "completion", "reward", "advantage", "length", "finish_reason"]
-    data = [[row["step"], row.get("kind"), row.get("group"), row["prompt"], c["text"], c["reward"],
+    data = [[step, row.get("kind"), row.get("group"), row["prompt"], c["text"], c["reward"],
              c.get("advantage"), c["length"], c["finish_reason"]] for row in rows for c in row["completions"]]
     return columns, data
 

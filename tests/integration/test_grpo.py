@@ -71,8 +71,8 @@ def test_three_steps_sync_exactly_and_log_every_field(ray_local, partly_trained_
         evaluations.append(kwargs["seed"])
         return evaluate(*args, **kwargs)
 
-    evaluate = grpo_driver.evaluate_with_samples
-    monkeypatch.setattr(grpo_driver, "evaluate_with_samples", counted_evaluate)
+    evaluate = grpo_driver.evaluate
+    monkeypatch.setattr(grpo_driver, "evaluate", counted_evaluate)
     result = train_grpo(parse_recipe(raw), run_dir=tmp_path / "run")
     rows = read_metrics(result.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # step 0: evaluation of the starting policy

@@ -30,8 +30,8 @@ def test_wandb_without_the_package_names_the_key_and_the_extra(tmp_path, monkeyp
         Tracker(tmp_path, TrackingConfig(tensorboard=False, wandb=True))
 
 
-def _rows(step: int) -> list[dict]:
-    return [{"step": step, "kind": "train", "group": 0, "prompt": "12+34=",
+def _rows() -> list[dict]:
+    return [{"kind": "train", "group": 0, "prompt": "12+34=",
              "completions": [{"text": "46", "reward": 1.0, "advantage": 0.87, "length": 3, "finish_reason": "stop"},
                              {"text": "4|7\n", "reward": 0.0, "advantage": -0.87, "length": 4,
                               "finish_reason": "length"}]}]
@@ -45,10 +45,10 @@ def test_samples_go_to_samples_jsonl_and_tensorboard_and_a_resume_keeps_each_ste
     tracker = Tracker(tmp_path, TrackingConfig(tensorboard=True))
     for step in (1, 2, 3):
         tracker.log(step, {"reward/total/mean": 0.5})
-        tracker.log_samples(step, _rows(step), as_markdown(_rows(step)), table_rows(_rows(step)))
+        tracker.log_samples(step, _rows(), as_markdown(_rows()), table_rows(step, _rows()))
     tracker.close()
     resumed = Tracker(tmp_path, TrackingConfig(tensorboard=True), resume_after_step=2)
-    resumed.log_samples(3, _rows(3), as_markdown(_rows(3)), table_rows(_rows(3)))
+    resumed.log_samples(3, _rows(), as_markdown(_rows()), table_rows(3, _rows()))
     resumed.close()
     rows = read_metrics(tmp_path / "samples.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[0]["completions"][1]["text"] == "4|7\n"
@@ -56,7 +56,7 @@ def test_samples_go_to_samples_jsonl_and_tensorboard_and_a_resume_keeps_each_ste
     texts = {e.step: e.tensor_proto.string_val[0].decode() for e in events.Tensors("samples/text_summary")}
     assert sorted(texts) == [1, 2, 3]
     assert "| 1.000 | +0.870 | 3 | stop | `46` |" in texts[1] and "`4\\|7\\n`" in texts[1]
-    columns, data = table_rows(_rows(1))
+    columns, data = table_rows(1, _rows())
     assert columns[:5] == ["step", "kind", "group", "prompt", "completion"] and len(data) == 2
     assert data[1][4] == "4|7\n"
     held_out = [{"step": 1, "kind": "eval", "prompt": "1+1=", "completions": [
