@@ -354,6 +354,10 @@ class ModelRewardActor:
         return self.fn(prompts, completions, **columns)
 
 
+# The Ray actor classes, made once; calls name the plain classes' methods (rl_pipeline/remote.py).
+_MODEL_REWARD_ACTOR = ray.remote(num_cpus=0)(ModelRewardActor)
+
+
 class ActorHost:
     """Driver-side handle of a :class:`ModelRewardActor`; kills and rebuilds it on a timeout."""
 
@@ -364,7 +368,7 @@ class ActorHost:
         self.actor = self._start()
 
     def _start(self) -> Any:
-        actor = ray.remote(num_cpus=0)(ModelRewardActor).options(num_gpus=self.num_gpus).remote(self.name, self.kwargs)
+        actor = _MODEL_REWARD_ACTOR.options(num_gpus=self.num_gpus).remote(self.name, self.kwargs)
         ray.get(actor.__ray_ready__.remote())
         return actor
 
@@ -401,6 +405,9 @@ class _RewardServiceActor:
 
     def close(self) -> None:
         self.scorer.close()
+
+
+_REWARD_SERVICE_ACTOR = ray.remote(num_cpus=0)(_RewardServiceActor)
 
 
 class FailureLog:
@@ -459,7 +466,7 @@ class RewardService:
             res = placement.resources
             options.update(num_cpus=res.cpus, num_gpus=res.gpus, resources=res.custom or None,
                            label_selector=res.labels or None)
-        actor = ray.remote(num_cpus=0)(_RewardServiceActor).options(**options).remote(config)
+        actor = _REWARD_SERVICE_ACTOR.options(**options).remote(config)
         ray.get(actor.__ray_ready__.remote())
         return cls(actor, config)
 
