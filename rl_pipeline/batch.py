@@ -33,6 +33,9 @@ class GRPOSample:
     loss_mask: list[int] | None = None  # per completion id: 0 = not sampled (a tool result); None = all 1
     policy_version: int = 0  # the policy version that sampled it (rl_pipeline/policy)
     shown: dict | None = None  # what a sample log shows beside the ids: texts, reward components (pipelines/samples.py)
+    # Set on the samples a step's sample log shows: the trainer returns their per-token logprobs under
+    # this id (the sampler/trainer gap of pipelines/samples.py).
+    report_as: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.advantage, list):  # a sequence's advantage holds for each of its tokens
@@ -54,6 +57,7 @@ class GRPOSample:
             "sampler_logprobs": self.sampler_logprobs,
             "ref_logprobs": self.ref_logprobs,
             "loss_mask": self.loss_mask,
+            "report_as": self.report_as,
         }
 
 
@@ -162,7 +166,8 @@ def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tenso
     sampler and reference logprobs, advantages (a row's per-completion-token list; 0 elsewhere).
     Label position t predicts token t+1, so completion token j of a row sits at position
     prompt_len - 1 + j. A row's `loss_mask` (if any) clears the positions of ids that were not
-    sampled (tool results)."""
+    sampled (tool results). `report` lists (row, report_as id, first, end) label positions of
+    the rows whose trainer logprobs go back to the driver (GRPOSample.report_as)."""
     width = max(len(r["input_ids"]) for r in rows)
     n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -171,6 +176,7 @@ def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tenso
     has_ref = rows[0]["ref_logprobs"] is not None
     ref = torch.zeros((n, width - 1), dtype=torch.float32) if has_ref else None
     advantages = torch.zeros((n, width - 1), dtype=torch.float32)
+    report = []
     for i, row in enumerate(rows):
         seq, start = row["input_ids"], row["prompt_len"] - 1
         ids[i, : len(seq)] = torch.tensor(seq)
@@ -182,7 +188,10 @@ def collate_grpo(rows: list[dict], pad_id: int, device) -> dict[str, torch.Tenso
         if has_ref:
             ref[i, start:end] = torch.tensor(row["ref_logprobs"], dtype=torch.float32)
         advantages[i, start:end] = torch.tensor(row["advantage"], dtype=torch.float32)
+        if row.get("report_as") is not None:
+            report.append((i, row["report_as"], start, end))
     positions = torch.arange(width).expand(n, width)
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return {"input_ids": move(ids), "position_ids": move(positions), "mask": move(mask),
-            "sampler_logp": move(sampler), "ref_logp": move(ref), "advantages": move(advantages)}
+            "sampler_logp": move(sampler), "ref_logp": move(ref), "advantages": move(advantages),
+            "report": report}

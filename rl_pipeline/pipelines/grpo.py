@@ -27,7 +27,8 @@ from rl_pipeline.data.micro_batches import padded_tokens
 from rl_pipeline.data.prompts import Prompt, PromptStream, columns_for
 from rl_pipeline.pipelines.evaluate import evaluate
 from rl_pipeline.pipelines.grpo_inputs import GRPOInputs, check_grpo_inputs
-from rl_pipeline.pipelines.samples import as_markdown, group_rows, shown_fields, table_rows
+from rl_pipeline.pipelines.samples import (as_markdown, attach_trainer_logprobs, group_rows, mark_shown, shown_fields,
+                                           table_rows)
 from rl_pipeline.pipelines.step_timing import PhaseTimer, RolloutAhead
 from rl_pipeline.policy import Policy, check_hybrid_engine
 from rl_pipeline.tracking import Tracker
@@ -183,7 +184,7 @@ def _loop(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
                 tracker.log(done, metrics)
                 tracker.log_spans(done, [("step", timer.wall_start, metrics["time/step"]), *timer.spans])
                 if g.log_samples_every and done % g.log_samples_every == 0:
-                    rows = group_rows(batch, g.log_samples_groups)
+                    rows = group_rows(batch, g.log_samples_groups, inputs.tokenizer)
                     tracker.log_samples(done, rows, as_markdown(rows), table_rows(done, rows))
                 if g.save_every and done % g.save_every == 0 and done < g.steps:
                     position = ahead.position_to_save(stream.position) if ahead else stream.position
@@ -227,14 +228,18 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
     if actors.teacher is not None:  # on-policy distillation: the teacher's per-token advantages
         with timer("teacher"):
             metrics.update(_teacher_advantages(actors.teacher, batch, inputs.algorithm, recipe.rollout.temperature))
+    if g.log_samples_every and (step + 1) % g.log_samples_every == 0:
+        mark_shown(batch, g.log_samples_groups)  # the trainer returns their logprobs (the gap per token)
     with timer("train"):
         mini_batches = batch.mini_batches(recipe.trainer.num_ranks, g.mini_batches, recipe.trainer.micro_batch_size,
                                           recipe.trainer.max_tokens_per_micro_batch)
         metrics["train/padding_share"] = _padding_share(mini_batches)
         metrics["rollout/policy_version_lag"] = float(actors.policy.version - min(s.policy_version
                                                                                    for s in batch.samples))
-        metrics.update(actors.policy.train(mini_batches, inputs.algorithm_spec, step, g.inner_epochs,
-                                           recipe.rollout.temperature))
+        train_metrics, trainer_logprobs = actors.policy.train(mini_batches, inputs.algorithm_spec, step,
+                                                              g.inner_epochs, recipe.rollout.temperature)
+        metrics.update(train_metrics)
+        attach_trainer_logprobs(batch, trainer_logprobs)
     if ahead is not None:
         with timer("rollout_wait"):
             ahead.wait()

@@ -4,7 +4,9 @@ Numbers say a run is learning; the completions say what it learned (reward hacki
 collapse, runaway lengths and tool-call loops show in them first). Every `grpo.log_samples_every`
 steps the first `grpo.log_samples_groups` groups of the batch the step trained on become one row
 each: the prompt and every completion of the group with its reward, reward components, advantage,
-length, finish reason, tool calls and the policy version that sampled it. The rewards and
+length, finish reason, tool calls, the policy version that sampled it, and the sampler/trainer
+logprob gap (mean, and per token with the token texts: the trainer returns the pi_old logprobs of
+the samples `mark_shown` marks, `attach_trainer_logprobs` keeps them). The rewards and
 advantages are the trained samples' own (`batch.GRPOSample`); the texts and components ride along
 in `GRPOSample.shown`, filled by the driver when it scores the rollouts (`shown_fields`).
 `tracking.Tracker.log_samples` writes the rows (resume-safe like metrics.jsonl), TensorBoard text
@@ -30,21 +32,43 @@ def shown_fields(prompt_texts: list[str], completions: list, components: dict[st
     return shown
 
 
-def group_rows(batch, groups: int) -> list[dict]:
-    """One row per group of `batch` (the first `groups` in batch order), for samples.jsonl (the
-    tracker stamps the step)."""
+def _first_groups(batch, groups: int) -> list[tuple[int, list]]:
+    """(group, its samples) of the first `groups` groups of `batch`, in batch order."""
     members: dict[int, list] = {}
     for sample in batch.samples:
         members.setdefault(sample.group, []).append(sample)
+    return list(members.items())[:groups]
+
+
+def mark_shown(batch, groups: int) -> None:
+    """Give the samples of the groups the log will show a `report_as` id (their index in the batch),
+    so the trainer returns their per-token logprobs."""
+    shown = {id(s) for _, samples in _first_groups(batch, groups) for s in samples}
+    for i, sample in enumerate(batch.samples):
+        sample.report_as = i if id(sample) in shown else None
+
+
+def attach_trainer_logprobs(batch, logprobs: dict[int, list[float]]) -> None:
+    """The trainer's logprobs (pi_old, before the update) of the marked samples, into their `shown`."""
+    for i, values in logprobs.items():
+        sample = batch.samples[i]
+        if sample.shown is not None:
+            sample.shown["trainer_logprobs"] = values
+
+
+def group_rows(batch, groups: int, tokenizer=None) -> list[dict]:
+    """One row per group of `batch` (the first `groups` in batch order), for samples.jsonl (the
+    tracker stamps the step). With a `tokenizer`, completions whose trainer logprobs came back
+    also carry their tokens and the per-token gap (pipelines/samples: _token_fields)."""
     rows = []
-    for group, samples in list(members.items())[:groups]:
+    for group, samples in _first_groups(batch, groups):
         first = samples[0].shown or {}
         rows.append({"kind": "train", "group": group, "prompt": first.get("prompt"),
-                     "completions": [_completion_row(s) for s in samples]})
+                     "completions": [_completion_row(s, tokenizer) for s in samples]})
     return rows
 
 
-def _completion_row(sample) -> dict:
+def _completion_row(sample, tokenizer=None) -> dict:
     shown = sample.shown or {}
     row = {
         "text": shown.get("completion"),
@@ -59,7 +83,27 @@ def _completion_row(sample) -> dict:
     }
     if "tool_calls" in shown:
         row["tool_calls"] = shown["tool_calls"]
+    if shown.get("trainer_logprobs") is not None:
+        row.update(_token_fields(sample, shown["trainer_logprobs"], tokenizer))
     return row
+
+
+def _token_fields(sample, trainer_logprobs: list[float], tokenizer) -> dict:
+    """The sampler/trainer gap of one completion: `logprob_gap`, the mean |sampler - trainer|
+    logprob over its sampled tokens (vLLM's numerics vs the trainer's on the same weights; large
+    values mean a broken weight sync or a stale sampler); with a tokenizer, per token: its text,
+    the signed gap (sampler - trainer), the advantage where it varies along the completion, and
+    whether the model sampled it (tool results are not sampled)."""
+    sampled = sample.loss_mask or [1] * len(sample.completion_ids)
+    gaps = [s - t for s, t in zip(sample.sampler_logprobs, trainer_logprobs)]
+    kept = [abs(g) for g, m in zip(gaps, sampled) if m]
+    fields = {"logprob_gap": mean(kept) if kept else 0.0}
+    if tokenizer is not None:
+        fields["tokens"] = [tokenizer.decode([t]) for t in sample.completion_ids]
+        fields["token_gap"] = [round(g, 5) if m else None for g, m in zip(gaps, sampled)]
+        if len(set(sample.advantage)) > 1:
+            fields["token_advantage"] = [round(a, 5) for a in sample.advantage]
+    return fields
 
 
 def as_markdown(rows: list[dict]) -> str:

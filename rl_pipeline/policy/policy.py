@@ -90,11 +90,13 @@ class Policy:
 
     # ---------------------------------------------------------------- the trainer's side
 
-    def train(self, mini_batches: list, algorithm, step: int, inner_epochs: int, temperature: float) -> dict:
-        """One GRPO update on every rank (workers/trainer: grpo_step); the version goes up by one."""
-        metrics = self.trainer.grpo_step(mini_batches, algorithm, step, inner_epochs, temperature)
+    def train(self, mini_batches: list, algorithm, step: int, inner_epochs: int,
+              temperature: float) -> tuple[dict, dict[int, list[float]]]:
+        """One GRPO update on every rank (workers/trainer: grpo_step); the version goes up by one.
+        Returns the metrics and the trainer logprobs of the rows with a `report_as` id."""
+        result = self.trainer.grpo_step(mini_batches, algorithm, step, inner_epochs, temperature)
         self.version += 1
-        return metrics
+        return result
 
     def load_state(self, checkpoint_dir: str, version: int) -> None:
         """A checkpoint's weights and optimiser states; `version` is the updates it had applied."""

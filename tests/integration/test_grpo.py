@@ -122,6 +122,13 @@ def _samples_hold_what_each_step_trained_on(run_dir: Path, task_dir: Path, steps
         assert [c["advantage"] for c in group] == pytest.approx(expected, abs=1e-9)
         assert all(c["length"] > 0 and c["finish_reason"] in ("stop", "length") for c in group)
         assert {c["policy_version"] for c in group} == {row["step"] - 1}
+        # The trainer's logprobs of what it trained on came back: per token its text and the
+        # sampler/trainer gap (float32 on both sides: noise), and the mean gap per completion.
+        for c in group:
+            assert len(c["tokens"]) == len(c["token_gap"]) == c["length"]
+            assert "".join(c["tokens"]).startswith(c["text"][:8])
+            assert c["logprob_gap"] == pytest.approx(sum(map(abs, c["token_gap"])) / c["length"], abs=1e-5)
+            assert max(map(abs, c["token_gap"])) < 1e-4 and "token_advantage" not in c  # GRPO: one per sequence
 
 
 def _timeline_spans_nest_in_their_steps(run_dir: Path, steps: int) -> None:

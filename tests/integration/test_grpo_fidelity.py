@@ -174,7 +174,7 @@ def test_mini_batches_make_the_clip_act_and_every_update_uses_the_steps_lr(engin
     batch = _batch(prompt_ids, groups, [1.0, -1.0] * len(prompt_ids))
     last = TOTAL_STEPS - 1
     algorithm = AlgorithmSpec(settings=GRPOLossConfig(eps_low=0.05, eps_high=0.05))
-    metrics = trainer.grpo_step(batch.mini_batches(1, 2, 4), algorithm, step=last, inner_epochs=2,
+    metrics, _ = trainer.grpo_step(batch.mini_batches(1, 2, 4), algorithm, step=last, inner_epochs=2,
                                 temperature=TEMPERATURE)
     expected_lr = lr_at(last, TRAINER.lr, TRAINER.min_lr, TRAINER.warmup_steps, TOTAL_STEPS, TRAINER.schedule)
     assert expected_lr > 0 and metrics["policy/lr"] == pytest.approx(expected_lr)

@@ -45,10 +45,12 @@ class TrainerGroup:
         }
 
     def grpo_step(self, mini_batches: list, algorithm, step: int, inner_epochs: int = 1,
-                  temperature: float = 1.0) -> dict:
+                  temperature: float = 1.0) -> tuple[dict, dict[int, list[float]]]:
         """GRPO step `step`: mu epochs of one optimiser step per mini-batch; mini_batches[k] =
         (shards[rank][micro_batch], that mini-batch's global LossNormaliser), as
-        GRPOBatch.mini_batches builds them; `algorithm` an AlgorithmSpec. Metric shares summed over ranks."""
+        GRPOBatch.mini_batches builds them; `algorithm` an AlgorithmSpec. Returns the metrics
+        (shares summed over ranks) and the trainer's (pi_old) completion logprobs of the rows that
+        carry a `report_as` id, by that id."""
         per_rank = self.group.call_each(TrainerWorker.grpo_step, [
             ([(shards[rank], (norm.tokens, norm.sequences)) for shards, norm in mini_batches], algorithm, step,
              inner_epochs, temperature)
@@ -63,7 +65,7 @@ class TrainerGroup:
         metrics["rollout/logprob_diff_max"] = max(r["gap_max"] for r in per_rank)
         metrics["policy/grad_norm"] = per_rank[0]["grad_norm"]
         metrics["policy/lr"] = per_rank[0]["lr"]
-        return metrics
+        return metrics, {k: v for r in per_rank for k, v in r["reported"].items()}
 
     # ---- hybrid engine: GPU memory switching (workers/trainer/memory.py) ---------------------
     def offload(self, states) -> dict:

@@ -31,7 +31,8 @@ class GRPOSteps:
         first update: with one update it is the current forward (ratio 1, the gradient of the
         surrogate is still right); otherwise a no-grad pass computes it first. Log-probabilities
         are of softmax(logits / temperature), the distribution the engines sampled. Returns metric
-        shares averaged over the updates (global values once summed over ranks).
+        shares averaged over the updates (global values once summed over ranks), and under
+        "reported" the pi_old logprobs of the completion tokens of rows with a `report_as` id.
         """
         from rl_pipeline.algorithms.grpo import LossNormaliser
         from rl_pipeline.batch import collate_grpo
@@ -51,14 +52,14 @@ class GRPOSteps:
                         batch["old_logp"] = self._logprobs(batch)[0]
         engine.train()
         shares: dict[str, float] = {}
-        gap = _LogprobGap()
+        gap, reported = _LogprobGap(), {}
         for epoch in range(inner_epochs):
             for micro, norm in batches:
-                check = gap if epoch == 0 else None
+                check = (gap, reported) if epoch == 0 else None
                 core.accumulate(micro, lambda b, n=norm, c=check: self._grpo_micro_loss(b, n, objective, shares, c))
         updates = inner_epochs * len(batches)
         return {"shares": {k: v / updates for k, v in shares.items()}, "grad_norm": core.grad_norm(), "lr": lr,
-                **gap.result()}
+                "reported": reported, **gap.result()}
 
     def _objective(self, spec):
         """The spec's algorithm object, built on this rank (a user's file is imported here too) and
@@ -75,11 +76,15 @@ class GRPOSteps:
         return sequence_logprobs(self.core.engine, batch["input_ids"], None, batch["position_ids"], with_entropy,
                                  temperature=self.temperature, positions=batch["mask"])
 
-    def _grpo_micro_loss(self, batch: dict, norm, objective, shares: dict, sync_check) -> torch.Tensor:
+    def _grpo_micro_loss(self, batch: dict, norm, objective, shares: dict, first_epoch) -> torch.Tensor:
+        """`first_epoch` (the gap check and the reported logprobs) is None after the first epoch."""
         logp, entropy = self._logprobs(batch, with_entropy=True)
         old = batch.get("old_logp", logp.detach())
-        if sync_check is not None:
+        if first_epoch is not None:
+            sync_check, reported = first_epoch
             sync_check.add(old, batch["sampler_logp"], batch["mask"])
+            for row, report_as, first, end in batch["report"]:
+                reported[report_as] = old[row, first:end].float().tolist()
         loss, metrics = objective.loss(
             logp, old, batch["advantages"], batch["mask"], normaliser=norm, ref_logp=batch["ref_logp"],
             sampler_logp=batch["sampler_logp"] if objective.needs_sampler_logprobs else None,
