@@ -292,6 +292,29 @@ def demo_cmd(
     pipeline_cmd(demo_recipe, out, seed)
 
 
+@app.command("view")
+def view_cmd(
+    run_dir: Path = typer.Argument(..., help="run directory of rlp grpo / sft / rm / pipeline / demo"),
+    output: Optional[Path] = typer.Option(None, "--output", help="page to write (default: RUN_DIR/view.html)"),
+    serve: bool = typer.Option(False, "--serve", help="keep the page up to date while the run goes and serve "
+                               "RUN_DIR on http://127.0.0.1:PORT/view.html (Ctrl-C stops)"),
+    port: int = typer.Option(8000, "--port", help="with --serve: the local port (0: any free one)"),
+    every: float = typer.Option(10.0, "--every", help="with --serve: seconds between looks at the run's files"),
+) -> None:
+    """One self-contained HTML page of a run: the curves, the sampled completions by step (tokens
+    coloured by the sampler/trainer logprob gap or the advantage), one prompt's answers across the
+    run, the recipe and the report. Opens from a copied folder: no server, no network."""
+    from rl_pipeline.view import serve as serve_page, write_page
+
+    try:
+        if serve:
+            serve_page(run_dir, port=port, every_s=every)
+        else:
+            typer.echo(f"page: {write_page(run_dir, output)}")
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     from rl_pipeline import interrupt
 

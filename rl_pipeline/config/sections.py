@@ -376,6 +376,9 @@ class DistillConfig(Section):
     output: str | None = Field(None, description="dataset folder; None = output_dir/name")
     format: Literal["jsonl", "parquet"] = "jsonl"
     shard_size: int = Field(256, ge=1, description="problems per shard: the unit of work, resume and output files")
+    log_samples_problems: int = Field(
+        2, ge=0, description="per shard and kind, the first problems whose every answer (kept or rejected, and why) "
+        "goes to samples.jsonl in the output folder (rlp view shows them); 0 = none")
     seed: int = Field(0, description="seed of the engines (and of the per-request seeds below)")
     seed_each_request: bool = Field(
         False,

@@ -124,12 +124,16 @@ class ShardStore:
                 removed.append(name)
         return removed
 
-    def write_shard(self, index: int, rows: list[dict[str, Any]], counts: dict[str, Any]) -> None:
-        """Data file (if any row was kept) to a temp name -> rename; then the shard's marker."""
+    def write_shard(self, index: int, rows: list[dict[str, Any]], counts: dict[str, Any],
+                    shown: list[dict[str, Any]] | None = None) -> None:
+        """Data file (if any row was kept) and the shard's sample-log rows, each to a temp name ->
+        rename; then the shard's marker (a shard without one is redone, its files overwritten)."""
         if rows:
             final = self.data_dir / self.shard_name(index)
             with atomic_output(final) as tmp:
                 self._write_rows(rows, tmp)
+        atomic_write_text(self.state_dir / f"shard-{index:05d}.samples.jsonl",
+                          "".join(json.dumps({**row, "step": index + 1}) + "\n" for row in shown or []))
         atomic_write_text(self.state_dir / f"shard-{index:05d}.done", json.dumps(counts))
 
     def _write_rows(self, rows: list[dict[str, Any]], path: Path) -> None:
@@ -146,6 +150,11 @@ class ShardStore:
         return sorted(self.data_dir.glob(f"train-*.{self.fmt}"))
 
     def finish(self, stats: dict[str, Any], card: str) -> None:
+        """stats.json, README.md and samples.jsonl: the finished shards' sample-log rows in shard
+        order, "step" = shard index + 1 (what `rlp view` reads)."""
+        shards = sorted(self.done())
+        logged = [self.state_dir / f"shard-{k:05d}.samples.jsonl" for k in shards]
+        atomic_write_text(self.root / "samples.jsonl", "".join(p.read_text() for p in logged if p.exists()))
         atomic_write_text(self.root / "stats.json", json.dumps(stats, indent=2) + "\n")
         atomic_write_text(self.root / "README.md", card)
 

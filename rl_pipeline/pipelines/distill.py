@@ -72,6 +72,7 @@ class Sample:
     tokens: int  # of `content`
     truncated: bool
     reward: float
+    verdict: str = ""  # set by curation: "kept" (pairs: "chosen" / "rejected"), else the reason it was dropped
 
 
 def keep_samples(samples: list[Sample], cfg: DistillConfig) -> tuple[list[Sample], Counter]:
@@ -84,21 +85,26 @@ def keep_samples(samples: list[Sample], cfg: DistillConfig) -> tuple[list[Sample
     seen: set[str] = set()
     for s in sorted(samples, key=lambda s: (-s.reward, s.index)):
         if cfg.drop_truncated and s.truncated:
-            reasons["truncated"] += 1
+            s.verdict = "truncated"
         elif s.tokens < cfg.min_response_tokens:
-            reasons["too_short"] += 1
+            s.verdict = "too_short"
         elif cfg.max_response_tokens is not None and s.tokens > cfg.max_response_tokens:
-            reasons["too_long"] += 1
+            s.verdict = "too_long"
         elif cfg.threshold is not None and not s.reward >= cfg.threshold:  # NaN fails too
-            reasons["below_threshold"] += 1
+            s.verdict = "below_threshold"
         elif cfg.dedupe and s.content.strip() in seen:
-            reasons["duplicate"] += 1
+            s.verdict = "duplicate"
         else:
+            s.verdict = "kept"
             seen.add(s.content.strip())
             survivors.append(s)
+            continue
+        reasons[s.verdict] += 1
     limit = {"threshold": None, "best_of_n": 1, "top_k": cfg.max_per_problem}[cfg.keep]
     if limit is not None and len(survivors) > limit:
         reasons["not_selected"] += len(survivors) - limit
+        for s in survivors[limit:]:
+            s.verdict = "not_selected"
         survivors = survivors[:limit]
     return sorted(survivors, key=lambda s: s.index), reasons
 
@@ -112,11 +118,16 @@ def pick_pair(samples: list[Sample], cfg: DistillConfig) -> tuple[list[Sample], 
     truncated = [s for s in samples if cfg.drop_truncated and s.truncated]
     reasons: Counter = Counter({"truncated": len(truncated)} if truncated else {})
     usable = [s for s in samples if s not in truncated and math.isfinite(s.reward)]
+    for s in samples:
+        s.verdict = "truncated" if s in truncated else "below_threshold"
     if usable:
         best = min(usable, key=lambda s: (-s.reward, s.index))
         worst = min(usable, key=lambda s: (s.reward, -s.index))
         if best.reward - worst.reward >= cfg.pairs.min_reward_gap and best.content.strip() != worst.content.strip():
             reasons["not_selected"] += len(usable) - 2
+            for s in usable:
+                s.verdict = "not_selected"
+            best.verdict, worst.verdict = "chosen", "rejected"
             return [best, worst], reasons
     reasons["below_threshold"] += len(usable)
     return [], reasons
@@ -226,7 +237,7 @@ def _fingerprint(recipe: Recipe, rollout: RolloutConfig, problems: list[Problem]
     """What decides the rows; a folder made with anything else is not resumed (engine counts may change)."""
     ids = hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()
     made_by = {
-        "distill": recipe.distill.model_dump(mode="json", exclude={"output"}),
+        "distill": recipe.distill.model_dump(mode="json", exclude={"output", "log_samples_problems"}),
         "data.train": recipe.data.train.model_dump(mode="json"),
         "data.max_length": recipe.data.max_length,
         "rollout": rollout.model_dump(mode="json", include={"temperature", "top_p", "max_tokens", "stop"}),
@@ -337,8 +348,8 @@ def _loop(recipe: Recipe, inputs: DistillInputs, actors: DistillActors, store: S
                 if i + 1 < len(todo):
                     future = pool.submit(generate, todo[i + 1])
                 t = time.perf_counter()
-                rows, counts = curate(shards[k], completions, actors.scorer, inputs, d)
-                store.write_shard(k, rows, counts)
+                rows, counts, shown = curate(shards[k], completions, actors.scorer, inputs, d)
+                store.write_shard(k, rows, counts, shown)
                 timing["score_and_write_s"] += time.perf_counter() - t
                 made += sum(c["generated"] for c in counts["kinds"].values())
                 accepted += len(rows)
@@ -349,9 +360,10 @@ def _loop(recipe: Recipe, inputs: DistillInputs, actors: DistillActors, store: S
 
 
 def curate(problems: list[Problem], completions, scorer, inputs: DistillInputs,
-           d: DistillConfig) -> tuple[list[dict], dict]:
+           d: DistillConfig) -> tuple[list[dict], dict, list[dict]]:
     """Score one shard's completions (kind-major, then problem, then sample) and keep by policy;
-    returns the rows to write and the shard's counts (summed into stats.json)."""
+    returns the rows to write, the shard's counts (summed into stats.json) and its sample-log rows
+    (every answer to the first `distill.log_samples_problems` problems per kind, with its verdict)."""
     n = d.samples_per_prompt
     flat = [c for group in completions for c in group]
     kinds = [kind for kind in d.kinds for _ in range(len(problems) * n)]
@@ -362,11 +374,15 @@ def curate(problems: list[Problem], completions, scorer, inputs: DistillInputs,
                 for c, kind in zip(flat, kinds)]
     lengths = [len(ids) for ids in inputs.tokenizer(contents, add_special_tokens=False)["input_ids"]] if contents else []
     rows, counts = [], {"problems": len(problems), "kinds": {kind: _empty_counts(inputs.components) for kind in d.kinds}}
+    shown = []
     for block in range(len(flat) // n):
         span = range(block * n, (block + 1) * n)
         kind, problem = kinds[span[0]], owners[span[0]]
         samples = [Sample(j - span[0], contents[j], lengths[j], flat[j].truncated, scored.total[j]) for j in span]
         kept, reasons = keep_samples(samples, d) if d.pairs is None else pick_pair(samples, d)
+        if block % len(problems) < d.log_samples_problems:
+            shown.append(_sample_row(kind, problem, samples, [flat[j] for j in span],
+                                     {name: [values[j] for j in span] for name, values in scored.components.items()}))
         counted = kept if d.pairs is None else kept[:1]  # a pair counts once, as its chosen answer
         _count(counts["kinds"][kind], [flat[j] for j in span], [scored.total[j] for j in span],
                {name: [values[j] for j in span] for name, values in scored.components.items()}, counted, reasons)
@@ -381,7 +397,15 @@ def curate(problems: list[Problem], completions, scorer, inputs: DistillInputs,
                 "rewards": {name: values[j] for name, values in scored.components.items()},
                 "response_tokens": s.tokens, "expert": inputs.expert_name,
             })
-    return rows, counts
+    return rows, counts, shown
+
+
+def _sample_row(kind: str, problem: Problem, samples: list[Sample], completions, components: dict) -> dict:
+    """One problem's answers of one kind as a samples.jsonl row (pipelines/samples.py's shape)."""
+    return {"kind": "distill", "group": kind, "prompt": problem.question, "problem_id": problem.id, "completions": [
+        {"text": s.content, "reward": s.reward, "components": {name: values[s.index] for name, values in components.items()},
+         "length": s.tokens, "finish_reason": c.finish_reason, "verdict": s.verdict}
+        for s, c in zip(samples, completions)]}
 
 
 def _empty_counts(components: list[str]) -> dict:

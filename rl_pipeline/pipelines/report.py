@@ -1,6 +1,7 @@
 """The pipeline's final report: held-out evaluation of each named model, report.md with a
 table (accuracy greedy and pass@k, mean response length, wall time per stage) and curves.png
-(reward, held-out accuracy and KL over the GRPO steps)."""
+(reward, held-out accuracy and KL over the GRPO steps), and view.html (rlp view: every stage's
+curves, samples and recipe) which report.md links."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from rl_pipeline.atomic import atomic_output, atomic_write_text
 from rl_pipeline.tracking import read_metrics
+from rl_pipeline.view import write_page
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,13 @@ def write_report(plan, seconds: dict[str, float]) -> Path:
         "Held-out evaluation (the test split, never trained on); greedy decoding for accuracy,",
         f"{k} samples at the rollout temperature for pass@{k}.", "", table, "",
         "![GRPO curves](curves.png)" if has_curves else "", "",
+        "Every stage's curves, the completions GRPO sampled step by step and the recipes: "
+        "[view.html](view.html) (one file, opens offline; `rlp view " + str(plan.run_dir) + " --serve` "
+        "keeps it current while a run goes).", "",
         "TensorBoard: `tensorboard --logdir " + str(plan.run_dir) + "`", "",
     ])
     atomic_write_text(plan.run_dir / "report.md", text)
+    page = write_page(plan.run_dir)  # after report.md: the page shows it
     print(table)
+    print(f"page: {page}")
     return plan.run_dir / "report.md"

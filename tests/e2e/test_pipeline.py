@@ -103,6 +103,9 @@ def test_pipeline_stops_cleanly_on_ctrl_c_then_finishes_every_stage_in_order_and
         row = re.search(rf"^\| {label} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", report, re.M)
         assert row, f"no numeric row for {label} in report.md:\n{report}"
     assert (run_dir / "curves.png").stat().st_size > 1000
+    assert "[view.html](view.html)" in report  # the page of every stage, written after report.md
+    page = (run_dir / "view.html").read_text()
+    assert all(f'"name":"{name}"' in page for name in ORDER) and '"kind":"train"' in page
     steps = [r["step"] for r in read_metrics(run_dir / "grpo" / "metrics.jsonl")]
     assert steps == list(range(0, 13)), "each GRPO step (and the step-0 evaluation) exactly once across the resume"
     assert any((run_dir / "grpo" / "tensorboard").iterdir())

@@ -107,6 +107,18 @@ def test_both_kinds_match_stats_and_train_with_sft(actors, chat_expert, task_dir
         assert k["reward_mean_accepted"] == pytest.approx(sum(r["reward"] for r in mine) / len(mine))
         assert len({(r["problem_id"], r["messages"][-1]["content"]) for r in mine}) == len(mine)  # deduplicated
     assert stats["empty_reason"] is None and stats["run"]["shards_generated"] == 2
+    # samples.jsonl: per shard (step) and kind the first 2 problems, every answer with its verdict;
+    # the kept ones are exactly the rows written for that problem and kind.
+    logged = [json.loads(line) for line in (result.output / "samples.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["group"]) for r in logged] == [(step, kind) for step in (1, 2)
+                                                          for kind in ("original", "original", "expert", "expert")]
+    for entry in logged:
+        assert entry["kind"] == "distill" and len(entry["completions"]) == 4
+        kept = sorted(c["text"] for c in entry["completions"] if c["verdict"] == "kept")
+        assert kept == sorted(r["messages"][-1]["content"] for r in rows
+                              if r["problem_id"] == entry["problem_id"] and r["kind"] == entry["group"])
+        assert all(c["verdict"] in ("kept", "truncated", "duplicate", "below_threshold", "too_short")
+                   for c in entry["completions"])
 
     from datasets import load_dataset
 

@@ -46,6 +46,15 @@ def test_threshold_keeps_every_passing_distinct_sample():
     assert [s.index for s in kept] == [0, 1, 2, 3]
 
 
+def test_each_sample_gets_the_verdict_the_sample_log_shows():
+    samples = [Sample(s.index, s.content, s.tokens, s.truncated, s.reward) for s in SAMPLES]
+    keep_samples(samples, cfg(threshold=1.0))
+    assert [s.verdict for s in samples] == ["kept", "below_threshold", "duplicate", "truncated"]
+    best_of = [Sample(i, f"r{i}", 3, False, r) for i, r in enumerate([0.2, 0.9, 0.5])]
+    keep_samples(best_of, cfg(keep="best_of_n", threshold=None))
+    assert [s.verdict for s in best_of] == ["not_selected", "kept", "not_selected"]
+
+
 def test_best_of_n_and_top_k_keep_the_best_above_the_floor():
     samples = [Sample(i, f"r{i}", 3, False, r) for i, r in enumerate([0.2, 0.9, 0.5, 0.9])]
     kept, why = keep_samples(samples, cfg(keep="best_of_n", threshold=None))

@@ -162,7 +162,7 @@ FLOORS: list[set[str]] = [
     {"batch"},                                 # the GRPO batch
     {"data"},                                  # datasets, tokenisation, micro-batches, synthetic tasks
     {"tools"},                                 # the tool plug-in API
-    {"tracking", "timeline", "checkpoint", "progress", "console", "ray_reaper"},  # a run's services
+    {"tracking", "timeline", "checkpoint", "progress", "console", "ray_reaper", "view"},  # a run's services
     {"config"},                                # the recipe schema
     {"algorithms"},                            # pure math and the algorithm registry
     {"rewards"},                               # the reward plug-in API (no Ray)
