@@ -6,8 +6,10 @@ service, the reference and teacher models, the trainer ranks (train, hand-overs 
 the weight sync, and the driver itself (one span per step, waits). A background collection
 (`grpo.overlap_generation`) puts its spans on the same tracks at the times they ran, so overlap,
 idle gaps and hand-overs show at a glance. Spans come from `pipelines/step_timing.PhaseTimer`
-(the phases behind the `time/*` metrics) and from the actors' own clocks where they report one
-(the hybrid engine's memory switches).
+(the phases behind the `time/*` metrics), from the actors' own clocks where they report one
+(the hybrid engine's memory switches), and, with several engines, one track per engine: each
+engine's share of a generate call from the call to its result's arrival (`RolloutGroup.take_spans`),
+so an engine idling behind another's long completions shows.
 
 The file is a JSON array written as the run goes (the format allows the closing bracket to be
 missing, so a killed run's file still opens); a resumed run first drops the spans of steps after
@@ -55,11 +57,13 @@ class Timeline:
         if not kept:
             self._write([{"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "rlp run"}}])
 
-    def spans(self, step: int, spans: list[tuple[str, float, float]]) -> None:
-        """(phase, wall-clock start in seconds since the epoch, seconds) of step `step`."""
+    def spans(self, step: int, spans: list[tuple]) -> None:
+        """(phase, wall-clock start in seconds since the epoch, seconds[, track]) of step `step`;
+        without a track, the phase's role's (TRACKS)."""
         events = []
-        for phase, start, seconds in spans:
-            events.append({"name": phase, "ph": "X", "pid": 1, "tid": self._track(TRACKS.get(phase, phase), events),
+        for phase, start, seconds, *track in spans:
+            name = track[0] if track else TRACKS.get(phase, phase)
+            events.append({"name": phase, "ph": "X", "pid": 1, "tid": self._track(name, events),
                            "ts": round(start * 1e6), "dur": max(round(seconds * 1e6), 1), "args": {"step": step}})
         self._write(events)
 

@@ -81,8 +81,8 @@ class Tracker:
             columns, data = table
             self._wandb.log({"samples": self._wandb_module.Table(columns=columns, data=data)}, step=step)
 
-    def log_spans(self, step: int, spans: list[tuple[str, float, float]]) -> None:
-        """(phase, wall-clock start, seconds) of step `step` to timeline.json."""
+    def log_spans(self, step: int, spans: list[tuple]) -> None:
+        """(phase, wall-clock start, seconds[, track]) of step `step` to timeline.json."""
         if self._timeline is None:
             self._timeline = Timeline(self.path.parent, self._resume_after_step)
         self._timeline.spans(step, spans)

@@ -261,7 +261,11 @@ def _collect_batch(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: 
     for round_ in range(g.max_refill_rounds + 1):
         prompts = stream.next(g.prompts_per_step)
         with timer("generate"):
+            actors.engines.take_spans()  # drop an evaluation's
             completions = _generate(actors, prompts, g.group_size, seed=g.seed * 1_000_003 + step * 101 + round_)
+        if len(actors.engines) > 1:  # each engine's share on its own track of the timeline
+            for engine, at, seconds in actors.engines.take_spans():
+                timer.add_span("generate", at, seconds, track=f"rollout engine {engine}")
         with timer("reward"):
             flat = [c for group in completions for c in group]
             columns = reward_columns(prompts, completions)

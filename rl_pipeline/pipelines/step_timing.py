@@ -14,7 +14,7 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.start, self.seconds, self.overlapped = time.perf_counter(), {}, {}
         self.wall_start = time.time()
-        self.spans: list[tuple[str, float, float]] = []
+        self.spans: list[tuple] = []  # (phase, wall-clock start, seconds[, track])
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
@@ -30,6 +30,11 @@ class PhaseTimer:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
         if at is not None:
             self.spans.append((phase, at, seconds))
+
+    def add_span(self, phase: str, at: float, seconds: float, track: str) -> None:
+        """A span on a named track (one actor's share of a phase), for the timeline only: the
+        phase's time is counted once, by the phase itself."""
+        self.spans.append((phase, at, seconds, track))
 
     def add_overlapped(self, other: "PhaseTimer") -> None:
         """Phases another thread ran while this one worked: reported, not counted against `other`."""

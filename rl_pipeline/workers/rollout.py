@@ -304,6 +304,7 @@ class RolloutGroup:
         self.lora_rank = lora_rank
         self.restore = restore
         self.restarts = 0
+        self._spans: list[tuple[int, float, float]] = []  # take_spans
         self.infos: list[dict[str, Any]] = []
 
     @classmethod
@@ -382,8 +383,17 @@ class RolloutGroup:
             return call(self.engines[index], RolloutEngine.generate, chunk, sampling, seeds)
 
         busy = [i for i, (_, chunk) in enumerate(shards) if chunk]
-        results = self._gather({i: submit for i in busy}, what="generate")
+        sent, arrived = time.time(), {}
+        results = self._gather({i: submit for i in busy}, what="generate", arrived=arrived)
+        self._spans += [(i, sent, arrived[i] - sent) for i in busy if i in arrived]
         return [completions for i in busy for completions in results[i]]
+
+    def take_spans(self) -> list[tuple[int, float, float]]:
+        """(engine index, wall-clock start, seconds) of each engine's share of the generate calls
+        since the last take, from the call to the arrival of that engine's result: the timeline's
+        per-engine tracks, where one engine's long tail shows as the others' idle time."""
+        spans, self._spans = self._spans, []
+        return spans
 
     def load_weights(self, weights_ref: ray.ObjectRef) -> dict[str, float]:
         """Every engine loads the state dict behind `weights_ref` (torch.save bytes).
@@ -434,8 +444,10 @@ class RolloutGroup:
     def gpu_memory(self) -> dict[str, float]:
         return ray.get(call(self.engines[0], RolloutEngine.gpu_memory))
 
-    def _gather(self, submit: dict[int, Any], what: str, resend_after_restart: bool = True) -> dict[int, Any]:
+    def _gather(self, submit: dict[int, Any], what: str, resend_after_restart: bool = True,
+                arrived: dict[int, float] | None = None) -> dict[int, Any]:
         """Run submit[i](i) on each engine i and collect results; replace engines that died.
+        `arrived`, if given, gets the wall-clock time each engine's result came in.
 
         A dead engine (RayActorError) is replaced in its bundle, given the latest weights and,
         if resend_after_restart, sent its share again; at most cfg.max_restarts times per call.
@@ -449,6 +461,8 @@ class RolloutGroup:
             i = pending.pop(ref)
             try:
                 results[i] = ray.get(ref)
+                if arrived is not None:
+                    arrived[i] = time.time()
             except ray.exceptions.RayActorError as err:
                 replaced += 1
                 if replaced > self.cfg.max_restarts:

@@ -7,6 +7,8 @@ test_weight_sync.py with their own group.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -117,9 +119,17 @@ def test_generate_returns_n_completions_per_prompt_with_logprobs(rollout, prompt
 def test_prompt_order_is_preserved_across_engines(rollout, prompt_ids):
     # Greedy outputs depend only on the prompt; 6 prompts split 3/3, reversed they land on the
     # other engine, and each result must still sit at its prompt's position.
+    rollout.take_spans()  # the earlier tests'
+    before = time.time()
     forward = rollout.generate(prompt_ids, n=1, temperature=0.0)
     backward = rollout.generate(prompt_ids[::-1], n=1, temperature=0.0)
+    after = time.time()
     assert [r[0].token_ids for r in forward] == [r[0].token_ids for r in backward[::-1]]
+    # Each engine's share of each call, for the timeline's per-engine tracks: two calls x two
+    # engines, inside the calls' wall time.
+    spans = rollout.take_spans()
+    assert sorted(i for i, _, _ in spans) == [0, 0, 1, 1] and rollout.take_spans() == []
+    assert all(before <= at and at + seconds <= after and seconds > 0 for _, at, seconds in spans)
     # The prompts are distinct, so at least two greedy continuations differ.
     assert len({tuple(r[0].token_ids) for r in forward}) > 1
 

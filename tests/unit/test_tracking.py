@@ -71,7 +71,7 @@ def test_timeline_is_chrome_trace_events_one_track_per_role_and_a_resume_keeps_e
     for step in (1, 2, 3):
         t = 1000.0 + 10 * step
         tracker.log_spans(step, [("step", t, 5.0), ("generate", t, 2.0), ("reward", t + 2, 1.0),
-                                 ("train", t + 3, 2.0)])
+                                 ("train", t + 3, 2.0), ("generate", t, 1.5, "rollout engine 1")])
     # A killed run's file has no closing bracket and still reads.
     assert [e["args"]["step"] for e in read_timeline(tmp_path / "timeline.json") if e["ph"] == "X"][-1] == 3
     tracker.close()
@@ -83,7 +83,8 @@ def test_timeline_is_chrome_trace_events_one_track_per_role_and_a_resume_keeps_e
     assert [(e["args"]["step"], e["name"]) for e in spans][-2:] == [(3, "step"), (3, "train")]
     assert sum(e["args"]["step"] == 3 for e in spans) == 2, "step 3's first spans were dropped on resume"
     tracks = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
-    assert sorted(tracks.values()) == ["driver", "reward service", "rollout engines", "trainer ranks"]
+    assert sorted(tracks.values()) == ["driver", "reward service", "rollout engine 1", "rollout engines",
+                                       "trainer ranks"]
     assert len(tracks) == len(set(tracks)), "one track per role, also across the resume"
     train = next(e for e in spans if e["name"] == "train")
     assert (train["ts"], train["dur"], tracks[train["tid"]]) == (1013_000_000, 2_000_000, "trainer ranks")
