@@ -16,6 +16,9 @@ from rl_pipeline.config import DatasetConfig, InputError
 
 # Order matters for folders: data files before a stray .json (e.g. a distill stats.json).
 _BUILDERS = {".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".json": "json"}
+# In a folder, what a run logs beside its data is not data: `rlp distill` writes samples.jsonl (kept
+# and rejected answers, for `rlp view`) next to data/, and keeps its state in the hidden .distill/.
+RUN_LOGS = ("samples.jsonl", "metrics.jsonl")
 
 
 class DataError(InputError):
@@ -31,7 +34,8 @@ def _builder_and_files(path: str) -> tuple[str, list[str] | None]:
         return _BUILDERS[p.suffix], [str(p)]
     if p.is_dir():
         for suffix, builder in _BUILDERS.items():
-            files = sorted(str(f) for f in p.rglob(f"*{suffix}") if not f.name.startswith("."))
+            files = sorted(str(f) for f in p.rglob(f"*{suffix}") if f.name not in RUN_LOGS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if files:
                 return builder, files
         raise DataError(f"{path}: folder holds no {'/'.join(sorted(_BUILDERS))} files")

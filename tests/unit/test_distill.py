@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rl_pipeline.config import DistillConfig, InputError, RecipeError, parse_recipe
+from rl_pipeline.config import DatasetConfig, DistillConfig, InputError, RecipeError, parse_recipe
 from rl_pipeline.data.distill_output import ShardStore
 from rl_pipeline.pipelines.distill import Sample, keep_samples, strip_think
 
@@ -193,8 +193,14 @@ def test_load_dataset_reads_the_folder_as_the_train_split(tmp_path, fmt):
     store = ShardStore.open(tmp_path / "out", fmt, ["math"], "f")
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "problem_id": "1",
            "kind": "expert", "sample": 0, "reward": 1.0, "rewards": {"math": 1.0}, "response_tokens": 1, "expert": "x"}
-    store.write_shard(0, [row, {**row, "sample": 1}], {})
-    store.write_shard(1, [row], {})
-    store.finish({"rows": 3}, "# card\n")  # stats.json beside the shards must not be read as rows
+    shown = [{"kind": "distill", "group": "expert", "prompt": "q", "completions": [{"text": "a", "verdict": "kept"}]}]
+    store.write_shard(0, [row, {**row, "sample": 1}], {}, shown)
+    store.write_shard(1, [row], {}, shown)
+    # stats.json and samples.jsonl (the answers rlp view shows) beside the shards must not be read as rows
+    store.finish({"rows": 3}, "# card\n")
+    assert [r["step"] for r in map(json.loads, (store.root / "samples.jsonl").read_text().splitlines())] == [1, 2]
     loaded = load_dataset(str(store.root), cache_dir=str(tmp_path / "cache"))
     assert list(loaded) == ["train"] and len(loaded["train"]) == 3
+    from rl_pipeline.data.loading import load_rows
+
+    assert len(load_rows(DatasetConfig(path=str(store.root)), "data.train")) == 3  # what rlp sft reads
