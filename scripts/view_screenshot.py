@@ -5,6 +5,7 @@ pixels that are not blank) and the screenshot's path. The tests run it; the READ
 comes from it.
 
     python scripts/view_screenshot.py runs/demo/view.html docs/view.png [--width 1280 --height 1400]
+        [--fragment 'colour=advantage&curves=reward/total/mean,eval/accuracy,policy/kl_ref']
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def find_browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def inspect_page(page_path: Path, screenshot: Path, width: int = 1280, height: int = 1400) -> dict:
+def inspect_page(page_path: Path, screenshot: Path, width: int = 1280, height: int = 1400, fragment: str = "") -> dict:
+    """Load the page (with `fragment`, the URL's #-part the page keeps its selection in), walk the
+    step selector, screenshot the top of the page; returns what it saw."""
     from playwright.sync_api import sync_playwright
 
     browser_path = find_browser()
@@ -39,7 +42,7 @@ def inspect_page(page_path: Path, screenshot: Path, width: int = 1280, height: i
         page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-        page.goto(page_path.resolve().as_uri(), wait_until="load")
+        page.goto(page_path.resolve().as_uri() + (f"#{fragment}" if fragment else ""), wait_until="load")
         page.wait_for_timeout(300)  # the charts draw synchronously (animation off); a margin for layout
         steps = page.eval_on_selector_all("#step-select option", "options => options.map(o => Number(o.value))")
         shown = [page.input_value("#step-select")]
@@ -66,8 +69,9 @@ def main() -> None:
     parser.add_argument("screenshot", type=Path)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=1400)
+    parser.add_argument("--fragment", default="", help="e.g. 'colour=advantage&curves=reward/total/mean,eval/accuracy'")
     args = parser.parse_args()
-    print(json.dumps(inspect_page(args.page, args.screenshot, args.width, args.height)))
+    print(json.dumps(inspect_page(args.page, args.screenshot, args.width, args.height, args.fragment)))
 
 
 if __name__ == "__main__":

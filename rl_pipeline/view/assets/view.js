@@ -42,6 +42,10 @@
     return Number.isInteger(value) ? String(value) : value.toFixed(digits === undefined ? 3 : digits);
   }
 
+  function small(value) {  // a logprob gap: float32 noise (1e-7) reads as such, not as 0.00000
+    return typeof value === "number" && value !== 0 && Math.abs(value) < 1e-3 ? value.toExponential(1) : fmt(value, 4);
+  }
+
   function tick(value) {  // 4e-7 rather than 4.00000000E-7; 0.95 and 12,000 as they are
     return value !== 0 && Math.abs(value) < 1e-3 ? value.toExponential(1) : Number(value.toPrecision(6)).toLocaleString("en");
   }
@@ -209,7 +213,7 @@
     row.completions.forEach((c, i) => {
       const tr = el("tr");
       const components = Object.entries(c.components || {}).map(([k, v]) => k + " " + fmt(v)).join(", ");
-      [i + 1, fmt(c.reward), verdicts ? c.verdict : fmt(c.advantage), c.length, c.finish_reason, fmt(c.logprob_gap, 5),
+      [i + 1, fmt(c.reward), verdicts ? c.verdict : fmt(c.advantage), c.length, c.finish_reason, small(c.logprob_gap),
         fmt(c.policy_version), (c.tool_calls || []).map((t) => t.name + ":" + t.status).join(" ")]
         .forEach((v, j) => { const td = el("td", {class: j < 7 && j !== 2 ? "num" : ""}, v); if (j === 1 && components) td.title = components; tr.appendChild(td); });
       const text = el("td");
@@ -233,7 +237,7 @@
       const gap = c.token_gap ? c.token_gap[i] : null;
       const advantage = c.token_advantage ? c.token_advantage[i] : c.advantage;
       const span = el("span", {class: gap === null && c.token_gap ? "t tool" : "t"}, token);
-      span.title = "token " + JSON.stringify(token) + " · gap " + fmt(gap, 5) + " · advantage " + fmt(advantage);
+      span.title = "token " + JSON.stringify(token) + " · gap " + small(gap) + " · advantage " + fmt(advantage);
       const colour = state.colour === "gap" ? gapColour(gap) : advantageColour(advantage);
       if (colour) span.style.background = colour;
       node.appendChild(span);
