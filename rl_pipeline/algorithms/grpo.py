@@ -205,6 +205,10 @@ class GRPOLossConfig:
     aggregation: str = "seq-mean-token-mean"  # a key of AGGREGATIONS
     max_length_norm: int | None = None  # Dr. GRPO's constant; required by seq-mean-token-sum-norm
     tis_cap: float | None = None  # truncated importance sampling cap; None disables it
+    # Masked importance sampling (icepop): a token (or sequence, see is_level) whose behaviour ratio
+    # pi_old / pi_sampler leaves [low, high] is dropped from the loss; inside, it is weighted by it.
+    mis_band: tuple[float, float] | None = None
+    is_level: str = "token"  # a key of IS_LEVELS: the ratio the correction reads, per token or sequence
     scale_advantages_by_std: bool = True  # A = (r - mean) / std; False: Dr. GRPO's r - mean
 
     def __post_init__(self) -> None:
@@ -227,6 +231,16 @@ class GRPOLossConfig:
             raise ValueError("aggregation 'seq-mean-token-sum-norm' needs max_length_norm > 0")
         if self.tis_cap is not None and self.tis_cap <= 0.0:
             raise ValueError(f"tis_cap must be > 0 or None, got {self.tis_cap}")
+        if self.mis_band is not None and not (len(self.mis_band) == 2 and 0.0 <= self.mis_band[0] < 1.0
+                                              < self.mis_band[1]):
+            raise ValueError(f"mis_band must be [low, high] with 0 <= low < 1 < high, got {self.mis_band}")
+        if self.is_level not in IS_LEVELS:
+            raise ValueError(f"is_level {self.is_level!r} is not one of {sorted(IS_LEVELS)}")
+
+    @property
+    def corrects_sampler(self) -> bool:
+        """True when the loss reads the sampler's logprobs (a TIS cap or an MIS band)."""
+        return self.tis_cap is not None or self.mis_band is not None
 
 
 def clipped_surrogate(
@@ -246,13 +260,41 @@ def clipped_surrogate(
     return -torch.minimum(unclipped, clipped), clipped_low, clipped_high
 
 
-def tis_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
-    """Truncated importance weight min(exp(old_logp - sampler_logp), cap), detached.
+def _sequence_sum(log_w: Tensor, mask: Tensor) -> Tensor:
+    return (log_w * mask).sum(dim=-1, keepdim=True).expand_as(log_w)
 
-    Corrects for the sampler (vLLM) and the trainer disagreeing on pi_old's probabilities.
-    """
-    log_w = (old_logp - sampler_logp).detach().clamp(max=_MAX_LOG_RATIO)
-    return torch.exp(log_w).clamp(max=cap)
+
+def _sequence_mean(log_w: Tensor, mask: Tensor) -> Tensor:
+    return _sequence_sum(log_w, mask) / mask.sum(dim=-1, keepdim=True).clamp(min=1)
+
+
+# Which behaviour log-ratio log(pi_old / pi_sampler) a token's correction reads: its own, its
+# sequence's (the sum: the sequence's true importance ratio), or the sequence's per-token mean
+# (the geometric mean of the token ratios: a ratio of one typical token, length-independent).
+IS_LEVELS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "token": lambda log_w, mask: log_w,
+    "sequence": _sequence_sum,
+    "geometric": _sequence_mean,
+}
+
+
+def behaviour_correction(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor,
+                         config: GRPOLossConfig) -> tuple[Tensor, Tensor]:
+    """The off-policy correction between the policy that sampled (the engines, possibly some
+    versions behind) and pi_old: per token a detached weight and a keep mask. With an MIS band,
+    tokens (or whole sequences, by is_level) whose ratio leaves [low, high] get weight 0 and
+    keep False; with a TIS cap, weights are truncated at it. Masked positions read ratio 1."""
+    log_w = torch.where(mask, (old_logp - sampler_logp).detach(), torch.zeros_like(old_logp))
+    log_w = IS_LEVELS[config.is_level](log_w, mask.to(log_w.dtype)).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    weights = torch.exp(log_w)
+    keep = torch.ones_like(mask)
+    if config.mis_band is not None:
+        low, high = config.mis_band
+        keep = (weights >= low) & (weights <= high)
+        weights = torch.where(keep, weights, torch.zeros_like(weights))
+    if config.tis_cap is not None:
+        weights = weights.clamp(max=config.tis_cap)
+    return weights, keep
 
 
 # A policy term per token: (log_ratio [N, T] = logp - old_logp with the gradient through logp,
@@ -300,8 +342,9 @@ def policy_loss(
     mask = mask.bool()
     if config.beta > 0.0 and ref_logp is None:
         raise ValueError(f"beta={config.beta} needs ref_logp (the reference model's logprobs)")
-    if config.tis_cap is not None and sampler_logp is None:
-        raise ValueError(f"tis_cap={config.tis_cap} needs sampler_logp (the engine's logprobs)")
+    if config.corrects_sampler and sampler_logp is None:
+        raise ValueError(f"tis_cap={config.tis_cap} / mis_band={config.mis_band} needs sampler_logp "
+                         "(the engine's logprobs)")
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     zero = torch.zeros_like(logp)
@@ -321,11 +364,17 @@ def policy_loss(
         "policy/ratio_mean": token_mean(torch.exp(log_ratio.clamp(max=_MAX_LOG_RATIO))),
         "policy/kl_old": token_mean(kl_k3(logp, old_logp)),
     }
-    if config.tis_cap is not None:
-        weights = tis_weights(old_logp, torch.where(mask, sampler_logp, zero), config.tis_cap)
+    if config.corrects_sampler:
+        sampler_logp = torch.where(mask, sampler_logp, zero)
+        weights, keep = behaviour_correction(old_logp, sampler_logp, mask, config)
         pg_mat = pg_mat * weights
         metrics["policy/tis_weight_mean"] = token_mean(weights)
-        metrics["policy/tis_truncated_frac"] = token_mean(weights >= config.tis_cap)  # at the cap
+        # k3 estimate of KL(sampler || pi_old) on the sampled tokens: how far behind the sampler was
+        metrics["offpolicy/kl_behaviour"] = token_mean(kl_k3(sampler_logp, old_logp))
+        if config.tis_cap is not None:
+            metrics["policy/tis_truncated_frac"] = token_mean(weights >= config.tis_cap)  # at the cap
+        if config.mis_band is not None:
+            metrics["offpolicy/masked_frac"] = token_mean(~keep)
     loss = aggregate(pg_mat, mask, normaliser, config.max_length_norm)
     metrics["loss/policy"] = loss.detach()
     if ref_logp is not None:

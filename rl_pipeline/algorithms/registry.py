@@ -65,8 +65,8 @@ class Algorithm:
 
     @property
     def needs_sampler_logprobs(self) -> bool:
-        """The engines' logprobs in the loss: for the importance-sampling correction."""
-        return self.settings.tis_cap is not None
+        """The engines' logprobs in the loss: for the off-policy correction (tis_cap, mis_band)."""
+        return self.settings.corrects_sampler
 
     # ---------------------------------------------------------------- driver side
 

@@ -239,11 +239,18 @@ class GRPOConfig(Section):
     drop_flat_groups: bool = True
     max_refill_rounds: int = Field(0, ge=0)
     mask_truncated: bool = False
-    tis_cap: float | None = Field(None, gt=0, description="truncated importance-sampling cap")
+    tis_cap: float | None = Field(None, gt=0, description="truncated importance sampling: the behaviour ratio "
+                                  "pi_old / pi_sampler weighting each token's term, truncated at this cap")
+    mis_band: tuple[float, float] | None = Field(
+        None, description="masked importance sampling (icepop): [low, high] with low < 1 < high; a token (or sequence, "
+        "by is_level) whose behaviour ratio leaves the band is dropped from the loss, the others weighted by it")
+    is_level: Literal["token", "sequence", "geometric"] = Field(
+        "token", description="the ratio tis_cap and mis_band read: each token's, its sequence's (the product), or "
+        "the sequence's geometric mean over its tokens")
     overlap_generation: bool = Field(
         False,
         description="generate the next step's rollouts while this step trains: one step off-policy (set tis_cap "
-        "to correct for it); pays off when engines and trainer ranks sit on different GPUs",
+        "or mis_band to correct for it); pays off when engines and trainer ranks sit on different GPUs",
     )
     prompt_template: str | None = Field(None, description="format string with {prompt}; None = chat template")
     eval_every: EveryNSteps = Field(None, description="evaluate on data.eval every N steps; 0 or null: off")
@@ -280,6 +287,13 @@ class GRPOConfig(Section):
         except AlgorithmError as exc:
             raise ValueError(f"algorithm.name: {exc}") from None
         return {**presets, **data}
+
+    @model_validator(mode="after")
+    def _band_around_one(self) -> "GRPOConfig":
+        if self.mis_band is not None and not 0.0 <= self.mis_band[0] < 1.0 < self.mis_band[1]:
+            raise ValueError(f"mis_band: [low, high] with 0 <= low < 1 < high (ratio 1, on-policy, always kept); "
+                             f"got {list(self.mis_band)}")
+        return self
 
 
 class RewardFunctionSpec(Section):

@@ -234,8 +234,7 @@ def _step(recipe: Recipe, inputs: GRPOInputs, actors: _Actors, stream: PromptStr
         mini_batches = batch.mini_batches(recipe.trainer.num_ranks, g.mini_batches, recipe.trainer.micro_batch_size,
                                           recipe.trainer.max_tokens_per_micro_batch)
         metrics["train/padding_share"] = _padding_share(mini_batches)
-        metrics["rollout/policy_version_lag"] = float(actors.policy.version - min(s.policy_version
-                                                                                   for s in batch.samples))
+        metrics.update(staleness(batch, actors.policy.version))
         train_metrics, trainer_logprobs = actors.policy.train(mini_batches, inputs.algorithm_spec, step,
                                                               g.inner_epochs, recipe.rollout.temperature)
         metrics.update(train_metrics)
@@ -380,6 +379,19 @@ def _batch_stats(batch: GRPOBatch) -> dict:
         "advantage/max": max(advantages),
         "advantage/min": min(advantages),
     }
+
+
+def staleness(batch: GRPOBatch, version: int) -> dict[str, float]:
+    """How many policy versions behind the trainer (now at `version`) the batch's tokens were
+    sampled: the largest lag, and the share of trained tokens at each lag (the staleness
+    histogram: `rollout/staleness/0` is 1.0 for a synchronous run; overlap_generation moves it to 1)."""
+    tokens: dict[int, int] = {}
+    for s in batch.samples:
+        lag = version - s.policy_version
+        tokens[lag] = tokens.get(lag, 0) + s.trained_tokens()
+    total = max(sum(tokens.values()), 1)
+    return {"rollout/policy_version_lag": float(max(tokens)),
+            **{f"rollout/staleness/{lag}": count / total for lag, count in sorted(tokens.items())}}
 
 
 def _padding_share(mini_batches: list[tuple[list, object]]) -> float:

@@ -35,7 +35,8 @@ def algorithm_spec(recipe: Recipe) -> AlgorithmSpec:
     g = recipe.grpo
     settings = GRPOLossConfig(
         eps_low=g.eps_low, eps_high=g.eps_high, beta=g.kl_coef, kl_estimator=g.kl_estimator,
-        aggregation=g.loss_aggregation, tis_cap=g.tis_cap, scale_advantages_by_std=g.scale_advantages_by_std,
+        aggregation=g.loss_aggregation, tis_cap=g.tis_cap, mis_band=g.mis_band, is_level=g.is_level,
+        scale_advantages_by_std=g.scale_advantages_by_std,
         # Dr. GRPO's constant: the longest completion, which with tools spans every turn.
         max_length_norm=recipe.tools.max_total_tokens if recipe.tools else recipe.rollout.max_tokens,
     )

@@ -85,7 +85,8 @@ def test_three_steps_sync_exactly_and_log_every_field(ray_local, partly_trained_
         assert row["rollout/logprob_diff_max"] < 1e-4, row["rollout/logprob_diff_max"]
         assert row["sync/bytes"] > 0
         # Every completion was sampled by the weights of the step before: version lag 0.
-        assert (row["policy/version"], row["rollout/policy_version_lag"]) == (row["step"], 0.0)
+        assert (row["policy/version"], row["rollout/policy_version_lag"], row["rollout/staleness/0"]) == (
+            row["step"], 0.0, 1.0)
     assert "eval/accuracy" in rows[0] and "eval/pass@4" in rows[-1]
     _samples_hold_what_each_step_trained_on(result.run_dir, task_dir, steps=3, group_size=4)
     _timeline_spans_nest_in_their_steps(result.run_dir, steps=3)
@@ -155,7 +156,8 @@ def test_overlapped_generation_trains_on_rollouts_one_step_old(ray_local, partly
     """grpo.overlap_generation: step k+1's rollouts are sampled while step k trains, i.e. by the
     weights before step k's update. The first batch is sampled in sync (gap ~0); every later one
     is one update stale, which the sampler/trainer gap shows (lr 1e-3 makes one update visible)."""
-    raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=3, overlap_generation=True, tis_cap=2.0)
+    raw = grpo_recipe(partly_trained_model, task_dir, tmp_path, steps=3, overlap_generation=True, tis_cap=2.0,
+                      mis_band=[0.5, 2.0])
     raw["trainer"]["lr"] = 1e-3
     result = train_grpo(parse_recipe(raw), run_dir=tmp_path / "run")
     rows = read_metrics(result.run_dir / "metrics.jsonl")
@@ -164,9 +166,14 @@ def test_overlapped_generation_trains_on_rollouts_one_step_old(ray_local, partly
     for row in rows[1:]:
         assert row["rollout/logprob_diff_max"] > 1e-3, "a batch sampled ahead is one update old"
         assert row["time/generate"] > 0 and row["policy/tis_weight_mean"] > 0
+        # The corrections see the stale sampler: KL(sampler || pi_old) > 0, a share of tokens out of the band.
+        assert row["offpolicy/kl_behaviour"] > 1e-6 and 0 <= row["offpolicy/masked_frac"] < 0.5
+    assert rows[0]["offpolicy/kl_behaviour"] < 1e-6
     assert all("time/rollout_wait" in r for r in rows)
     # The engines stamp the version they held: the batches sampled ahead are one version behind.
     assert [r["rollout/policy_version_lag"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [(r.get("rollout/staleness/0"), r.get("rollout/staleness/1")) for r in rows] == [
+        (1.0, None), (None, 1.0), (None, 1.0)]
 
 
 def test_inner_epochs_and_mini_batches_keep_the_schedule_on_grpo_steps(ray_local, partly_trained_model, task_dir,

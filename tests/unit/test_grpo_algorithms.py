@@ -12,11 +12,11 @@ from rl_pipeline.algorithms.grpo import (
     KL_ESTIMATORS,
     GRPOLossConfig,
     LossNormaliser,
+    behaviour_correction,
     clipped_surrogate,
     flat_groups,
     group_advantages,
     grpo_policy_loss,
-    tis_weights,
 )
 
 D = torch.float64
@@ -329,7 +329,10 @@ def test_tis_weights_are_truncated_and_detached():
     # exp(old - sampler) = [0.5, 3.0, 1.5]; cap 2 -> [0.5, 2.0, 1.5]
     sampler = torch.zeros(1, 3, dtype=D, requires_grad=True)
     old = t([[math.log(0.5), math.log(3.0), math.log(1.5)]])
-    torch.testing.assert_close(tis_weights(old, sampler, cap=2.0), t([[0.5, 2.0, 1.5]]))
+    all3 = torch.ones(1, 3, dtype=torch.bool)
+    weights, keep = behaviour_correction(old, sampler, all3, GRPOLossConfig(tis_cap=2.0))
+    torch.testing.assert_close(weights, t([[0.5, 2.0, 1.5]]))
+    assert keep.all() and not weights.requires_grad
 
     # in the loss: ratio 1, A = +1, so per token -w; token-mean = -(0.5 + 2 + 1.5) / 3 = -4/3
     logp = old.clone().requires_grad_(True)
@@ -343,6 +346,33 @@ def test_tis_weights_are_truncated_and_detached():
     assert sampler.grad is None
     torch.testing.assert_close(m["policy/tis_weight_mean"], t(4 / 3))
     torch.testing.assert_close(m["policy/tis_truncated_frac"], t(1 / 3))
+
+
+def test_mis_drops_tokens_or_whole_sequences_outside_the_band_and_weights_the_rest():
+    # behaviour ratios exp(old - sampler): row 0 [0.5, 3.0, 1.5], row 1 [1.2, 0.9, (masked) 50]
+    old = t([[math.log(0.5), math.log(3.0), math.log(1.5)], [math.log(1.2), math.log(0.9), math.log(50.0)]])
+    sampler = torch.zeros(2, 3, dtype=D)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    band = (0.6, 2.0)
+    w, keep = behaviour_correction(old, sampler, mask, GRPOLossConfig(mis_band=band))
+    torch.testing.assert_close(w, t([[0.0, 0.0, 1.5], [1.2, 0.9, 1.0]]))  # masked position: ratio 1
+    assert keep.tolist() == [[False, False, True], [True, True, True]]
+    # per sequence: row 0's ratio 0.5 * 3 * 1.5 = 2.25 leaves the band (whole row dropped), row 1's 1.08 stays
+    w, keep = behaviour_correction(old, sampler, mask, GRPOLossConfig(mis_band=band, is_level="sequence"))
+    torch.testing.assert_close(w, t([[0.0, 0.0, 0.0], [1.08, 1.08, 1.08]]))
+    # geometric: row 0's (2.25) ** (1/3) = 1.31 stays, row 1's 1.08 ** (1/2) = 1.039
+    w, _ = behaviour_correction(old, sampler, mask, GRPOLossConfig(mis_band=band, is_level="geometric"))
+    torch.testing.assert_close(w, t([[2.25 ** (1 / 3)] * 3, [1.08 ** 0.5] * 3]))
+    # in the loss (ratio 1, A = +1, token-mean): the masked tokens get no gradient, the others -w / n
+    logp = old.clone().requires_grad_(True)
+    cfg = GRPOLossConfig(aggregation="token-mean", mis_band=band)
+    loss, m = grpo_policy_loss(logp, old, t([1.0, 1.0]), mask, sampler_logp=sampler,
+                               normaliser=LossNormaliser.of(mask), config=cfg)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, -t([[0.0, 0.0, 1.5], [1.2, 0.9, 0.0]]) / 5)
+    torch.testing.assert_close(m["offpolicy/masked_frac"], t(2 / 5))
+    k3 = [r - math.log(r) - 1 for r in (0.5, 3.0, 1.5, 1.2, 0.9)]  # KL(sampler || old), sampled tokens
+    torch.testing.assert_close(m["offpolicy/kl_behaviour"], t(sum(k3) / 5))
 
 
 # ---------------------------------------------------------------- config errors
@@ -360,3 +390,9 @@ def test_config_and_missing_inputs_fail_with_the_field_name():
         grpo_policy_loss(x, x, t([1.0]), mask, normaliser=norm, config=GRPOLossConfig(beta=0.1))
     with pytest.raises(ValueError, match="sampler_logp"):
         grpo_policy_loss(x, x, t([1.0]), mask, normaliser=norm, config=GRPOLossConfig(tis_cap=2.0))
+    with pytest.raises(ValueError, match="sampler_logp"):
+        grpo_policy_loss(x, x, t([1.0]), mask, normaliser=norm, config=GRPOLossConfig(mis_band=(0.5, 2.0)))
+    with pytest.raises(ValueError, match="mis_band"):
+        GRPOLossConfig(mis_band=(1.2, 2.0))
+    with pytest.raises(ValueError, match="is_level 'seq'"):
+        GRPOLossConfig(is_level="seq")
