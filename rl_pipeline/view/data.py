@@ -7,8 +7,9 @@ folder holding a metrics.jsonl or a samples.jsonl becomes one stage of the page.
 
 The page must stay a few MB for a 1,000-step run, so (`fit_samples`): every step's curves are
 kept (values to 5 significant digits), per-token detail (token texts, gaps) only for up to
-`DETAIL_STEPS` evenly spaced steps, and when the samples still exceed the budget, evenly spaced
-steps of them (the first and last always); the page says how many steps it left out.
+`DETAIL_STEPS` evenly spaced steps, and when the samples still exceed the budget, the trained
+groups of evenly spaced steps (the first and last always; every held-out answer stays); the page
+says how many steps it left out.
 """
 
 from __future__ import annotations
@@ -58,16 +59,18 @@ def curves(rows: list[dict]) -> dict:
 
 
 def fit_samples(rows: list[dict], budget: int) -> tuple[list[dict], int]:
-    """The sample rows a page keeps within `budget` bytes, and how many steps it left out."""
+    """The sample rows a page keeps within `budget` bytes, and how many steps it left out. The
+    held-out rows (one short greedy answer per prompt and evaluation) are always kept, so one
+    prompt can be followed through every evaluation; the training groups are what is thinned."""
     rows = [_clipped(r) for r in rows]
-    steps = sorted({r["step"] for r in rows})
+    steps = sorted({r["step"] for r in rows if r.get("kind") != "eval"})
     detail = set(_evenly(steps, DETAIL_STEPS))
     rows = [r if r["step"] in detail else _without_tokens(r) for r in rows]
     size = sum(len(json.dumps(r)) for r in rows)
     if size <= budget:
         return rows, 0
     kept = set(_evenly(steps, max(2, int(len(steps) * budget / size))))
-    return [r for r in rows if r["step"] in kept], len(steps) - len(kept)
+    return [r for r in rows if r["step"] in kept or r.get("kind") == "eval"], len(steps) - len(kept)
 
 
 def _evenly(items: list, count: int) -> list:

@@ -108,8 +108,10 @@ def test_a_thousand_step_run_makes_a_page_of_a_few_mb(tmp_path, tokenizer):
     (stage,) = data["stages"]
     assert logged > 20_000_000 and page.stat().st_size < 4_000_000, (logged, page.stat().st_size)
     assert len(stage["curves"]["steps"]) == 1000  # every step's curves
-    steps = sorted({r["step"] for r in stage["samples"]})
+    steps = sorted({r["step"] for r in stage["samples"] if r["kind"] == "train"})
     assert steps[0] == 1 and steps[-1] == 1000 and stage["samples_left_out"] == 1000 - len(steps) > 0
+    # every evaluation's held-out answer stays: the prompt can be followed through the whole run
+    assert [r["step"] for r in stage["samples"] if r["kind"] == "eval"] == list(range(5, 1001, 5))
     last = [r for r in stage["samples"] if r["step"] == 1000 and r["kind"] == "train"]
     assert last and "tokens" in last[0]["completions"][0]  # the last step keeps its per-token detail
 
