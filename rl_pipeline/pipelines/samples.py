@@ -92,8 +92,8 @@ def _token_fields(sample, trainer_logprobs: list[float], tokenizer) -> dict:
     """The sampler/trainer gap of one completion: `logprob_gap`, the mean |sampler - trainer|
     logprob over its sampled tokens (vLLM's numerics vs the trainer's on the same weights; large
     values mean a broken weight sync or a stale sampler); with a tokenizer, per token: its text,
-    the signed gap (sampler - trainer), the advantage where it varies along the completion, and
-    whether the model sampled it (tool results are not sampled)."""
+    the signed gap (sampler - trainer; None for a token the model did not sample, a tool result)
+    and the advantage where it varies along the completion."""
     sampled = sample.loss_mask or [1] * len(sample.completion_ids)
     gaps = [s - t for s, t in zip(sample.sampler_logprobs, trainer_logprobs)]
     kept = [abs(g) for g, m in zip(gaps, sampled) if m]

@@ -31,8 +31,7 @@ def run_data(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
-    logs = [p for name in ("metrics.jsonl", "samples.jsonl") for p in (*run_dir.glob(name), *run_dir.glob(f"*/{name}"))]
-    folders = sorted({p.parent for p in logs}, key=lambda p: (p != run_dir, p.stat().st_mtime))
+    folders = sorted({p.parent for p in log_files(run_dir)}, key=lambda p: (p != run_dir, p.stat().st_mtime))
     if not folders:
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl or samples.jsonl here or in a folder below "
                                 "(not a run directory)")
@@ -40,6 +39,11 @@ def run_data(run_dir: str | Path) -> dict:
     report = run_dir / "report.md"
     return {"run": run_dir.resolve().name, "stages": [stage_data(f, run_dir, budget) for f in folders],
             "report": report.read_text() if report.exists() else None}
+
+
+def log_files(run_dir: Path) -> list[Path]:
+    """The metrics.jsonl and samples.jsonl of `run_dir` and of the folders right below it."""
+    return [p for name in ("metrics.jsonl", "samples.jsonl") for p in (*run_dir.glob(name), *run_dir.glob(f"*/{name}"))]
 
 
 def stage_data(folder: Path, run_dir: Path, budget: int) -> dict:

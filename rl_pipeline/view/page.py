@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rl_pipeline.atomic import atomic_write_text
-from rl_pipeline.view.data import run_data
+from rl_pipeline.view.data import log_files, run_data
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ def write_page(run_dir: str | Path, out: str | Path | None = None, serve: dict |
 
 def data_stamp(run_dir: Path) -> str:
     """Changes whenever a file the page reads changes (sizes and modification times)."""
-    files = sorted(p for pattern in ("metrics.jsonl", "samples.jsonl", "*/metrics.jsonl", "*/samples.jsonl",
-                                     "report.md") for p in run_dir.glob(pattern))
+    files = sorted([*log_files(run_dir), *run_dir.glob("report.md")])
     signature = "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     return hashlib.sha1(signature.encode()).hexdigest()[:16]
 
